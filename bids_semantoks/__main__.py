@@ -1,0 +1,3 @@
+from bids_semantoks.cli import main
+
+main()
