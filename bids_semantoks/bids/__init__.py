@@ -1,0 +1,1 @@
+"""BIDS side of the app: discovery of inputs (pybids) and derivative outputs."""

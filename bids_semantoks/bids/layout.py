@@ -1,0 +1,359 @@
+"""Discovery of the inputs with pybids.
+
+Two input types:
+
+* ``fmriprep``: each ``desc-preproc_bold`` NIfTI in the requested space is paired with
+  its ``desc-confounds_timeseries.tsv``/``.json``, its ``desc-brain_mask`` on the same
+  grid and its JSON sidecar (``RepetitionTime``).
+* ``timeseries``: XCP-D-style ``*_timeseries.tsv`` files (with a ``.json`` sidecar
+  holding ``SamplingFrequency`` or ``RepetitionTime``) whose columns are named by an
+  atlas ``_dseg.tsv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedError, UsageError
+
+LOGGER = logging.getLogger("bids_semantoks")
+
+#: Entities that identify one acquisition run (used to pair files and to name outputs).
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction", "run", "echo")
+ENTITY_KEYS = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "ceagent": "ce",
+    "direction": "dir",
+    "run": "run",
+    "echo": "echo",
+    "space": "space",
+    "cohort": "cohort",
+    "res": "res",
+    "den": "den",
+    "atlas": "atlas",
+}
+
+
+@dataclass
+class RunInputs:
+    """All inputs of one BOLD run.
+
+    Attributes
+    ----------
+    entities : dict
+        The run's identifying entities (subject, session, task, acquisition, run, ...).
+    bold : Path
+        ``desc-preproc_bold`` image, or the ``_timeseries.tsv`` for time-series input.
+    tr : float
+        Repetition time in seconds.
+    confounds : Path or None
+        fMRIPrep confounds TSV.
+    mask : Path or None
+        Brain mask on the BOLD grid.
+    space, res : str or None
+        Template space and resolution label of the BOLD run.
+    """
+
+    entities: dict[str, str]
+    bold: Path
+    tr: float
+    confounds: Path | None = None
+    mask: Path | None = None
+    space: str | None = None
+    res: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return self.entities["subject"]
+
+    @property
+    def name(self) -> str:
+        """BIDS prefix of the run, e.g. ``sub-01_ses-1_task-rest_run-1``."""
+        return "_".join(
+            f"{ENTITY_KEYS[k]}-{self.entities[k]}" for k in RUN_ENTITIES if self.entities.get(k) is not None
+        )
+
+
+def check_dataset(bids_dir: Path, output_dir: Path, input_type: str) -> dict[str, Any]:
+    """Check BIDS_DIR and OUTPUT_DIR before anything is indexed or written.
+
+    Returns the input's ``dataset_description.json`` content.
+    """
+    bids_dir = bids_dir.resolve()
+    output_dir = output_dir.resolve()
+    if not bids_dir.is_dir():
+        raise MissingInputError(f"{bids_dir}: BIDS_DIR does not exist; pass fMRIPrep's output folder")
+    if output_dir == bids_dir:
+        raise UsageError(f"{output_dir}: OUTPUT_DIR equals BIDS_DIR; choose a separate output folder")
+    if bids_dir in output_dir.parents:
+        raise UsageError(
+            f"{output_dir}: OUTPUT_DIR is inside BIDS_DIR; choose a folder outside the input dataset"
+        )
+    desc_file = bids_dir / "dataset_description.json"
+    if not desc_file.is_file():
+        raise MissingInputError(
+            f"{desc_file}: not found; BIDS_DIR must be a BIDS derivatives dataset (fMRIPrep's output folder)"
+        )
+    try:
+        desc = json.loads(desc_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{desc_file}: invalid JSON ({exc}); fix or regenerate it") from exc
+    if input_type == "fmriprep" and desc.get("DatasetType", "raw") != "derivative":
+        raise UsageError(
+            f"{bids_dir}: this is a raw BIDS dataset; pass fMRIPrep's output folder "
+            "(e.g. derivatives/fmriprep) as BIDS_DIR and the raw dataset with --derivatives raw=PATH"
+        )
+    return desc
+
+
+def index(
+    bids_dir: Path,
+    *,
+    participant_labels: list[str] | None = None,
+    database_dir: Path | None = None,
+    ignore_dirs: list[Path] | None = None,
+):
+    """Index BIDS_DIR with pybids, without validation.
+
+    Only the selected subjects are indexed (every other ``sub-*`` folder is ignored), so one
+    subject of a 1000-subject dataset indexes as fast as a one-subject dataset. The
+    database is kept in ``database_dir`` (one per selection) and reused when present.
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    bids_dir = bids_dir.resolve()
+    ignore: list[Any] = [re.compile(r"^/(code|sourcedata|stimuli|logs|log|figures|work)(/|$)"), re.compile(r"/\.")]
+    for d in ignore_dirs or []:
+        d = Path(d).resolve()
+        if bids_dir in d.parents:
+            ignore.append(re.compile("^/" + re.escape(str(d.relative_to(bids_dir))) + "(/|$)"))
+    if participant_labels:
+        keep = "|".join(re.escape(lab) for lab in participant_labels)
+        ignore.append(re.compile(rf"^/sub-(?!(?:{keep})(?:/|$))[^/]+"))
+    database_path = None
+    if database_dir is not None:
+        key = hashlib.sha256(
+            json.dumps([str(bids_dir), sorted(participant_labels or [])]).encode()
+        ).hexdigest()[:12]
+        database_path = Path(database_dir) / f"bids_db_{key}"
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
+    try:
+        return BIDSLayout(
+            bids_dir,
+            validate=False,
+            is_derivative=True,
+            config=["bids", "derivatives"],
+            indexer=indexer,
+            database_path=database_path,
+        )
+    except Exception as exc:  # pybids raises plain ValueError/BIDSValidationError variants
+        raise DataError(f"{bids_dir}: pybids could not index the dataset ({exc})") from exc
+
+
+def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
+    """Read an fMRIPrep-style ``--bids-filter-file`` (JSON: ``{"bold": {"task": "rest"}}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: filter file not found; check --bids-filter-file")
+    try:
+        filters = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: invalid JSON in filter file (line {exc.lineno}: {exc.msg}); fix the syntax") from exc
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UsageError(f'{path}: filter file must map query names to entity filters, e.g. {{"bold": {{"task": "rest"}}}}')
+    return {k: _json_filters(v) for k, v in filters.items()}
+
+
+def _json_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """Translate fMRIPrep JSON filter values (null/"*") to pybids Query objects."""
+    from bids.layout import Query
+
+    out = {}
+    for key, value in filters.items():
+        if value is None:
+            out[key] = Query.NONE
+        elif value == "*":
+            out[key] = Query.ANY
+        else:
+            out[key] = value
+    return out
+
+
+def _selection(settings) -> dict[str, Any]:
+    sel: dict[str, Any] = {}
+    if settings.participant_label:
+        sel["subject"] = settings.participant_label
+    if settings.session_label:
+        sel["session"] = settings.session_label
+    if settings.task_id:
+        sel["task"] = settings.task_id
+    return sel
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read JSON sidecar ({exc}); fix or regenerate it") from exc
+
+
+def _tr_from_sidecar(meta: dict[str, Any], path: Path) -> float:
+    tr = meta.get("RepetitionTime")
+    if tr is None and meta.get("SamplingFrequency"):
+        tr = 1.0 / float(meta["SamplingFrequency"])
+    if tr is None:
+        raise DataError(
+            f"{path}: sidecar has no RepetitionTime; add it (seconds) to the JSON sidecar of this run"
+        )
+    try:
+        tr = float(tr)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: RepetitionTime {tr!r} is not a number; fix the JSON sidecar") from None
+    if not tr > 0:
+        raise DataError(f"{path}: RepetitionTime is {tr}; it must be positive (seconds)")
+    return tr
+
+
+def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInputs]:
+    """Find every run selected by the settings.
+
+    Raises
+    ------
+    MissingInputError
+        An unknown participant label.
+    NothingSelectedError
+        Filters that select no run.
+    """
+    root = Path(layout.root)
+    subjects = set(layout.get_subjects())
+    if check_subjects and settings.participant_label:
+        unknown = [s for s in settings.participant_label if s not in subjects]
+        if unknown:
+            raise MissingInputError(
+                f"{root}: participant(s) {', '.join('sub-' + s for s in unknown)} not found; "
+                f"available: {', '.join(sorted(subjects)[:10]) or 'none'}"
+            )
+    query = {**_selection(settings), **settings.bids_filters.get("bold", {})}
+    if settings.input_type == "timeseries":
+        return _collect_timeseries(layout, settings, query)
+    files = layout.get(
+        return_type="object",
+        desc="preproc",
+        suffix="bold",
+        extension=[".nii.gz", ".nii"],
+        space=settings.space,
+        **{k: v for k, v in query.items() if k not in ("desc", "suffix", "extension", "space")},
+    )
+    if not files:
+        any_bold = layout.get(desc="preproc", suffix="bold", extension=[".nii.gz", ".nii"], **_selection(settings))
+        if not any_bold and not layout.get(suffix="bold"):
+            raise NothingSelectedError(
+                f"{root}: no desc-preproc_bold files for this selection; is BIDS_DIR fMRIPrep's output?"
+            )
+        spaces = sorted({f.entities.get("space", "native") for f in any_bold})
+        raise NothingSelectedError(
+            f"{root}: no desc-preproc_bold in space {settings.space} for this selection "
+            f"(spaces present: {', '.join(spaces) or 'none'}); change --space or the filters"
+        )
+    runs = []
+    for f in files:
+        ents = {k: str(f.entities[k]) for k in RUN_ENTITIES if k in f.entities}
+        path = Path(f.path)
+        sidecar = _sidecar(path)
+        meta = _read_json(sidecar) if sidecar else {}
+        if not sidecar:
+            raise MissingInputError(
+                f"{path}: no JSON sidecar found; fMRIPrep writes one with RepetitionTime next to each BOLD"
+            )
+        tr = _tr_from_sidecar(meta, sidecar)
+        run_query = {k: v for k, v in ents.items() if k in RUN_ENTITIES}
+        confounds = _one(
+            layout.get(desc="confounds", suffix="timeseries", extension=".tsv", **_exact(run_query)),
+            "confounds",
+        )
+        space = f.entities.get("space")
+        res = f.entities.get("res")
+        mask = _one(
+            layout.get(
+                desc="brain", suffix="mask", extension=[".nii.gz", ".nii"], space=space,
+                res=res if res is not None else _none(), **_exact(run_query),
+            ),
+            "mask",
+        )
+        if settings.denoise_strategy != "none" and confounds is None:
+            raise MissingInputError(
+                f"{path}: no desc-confounds_timeseries.tsv found for this run; rerun fMRIPrep or "
+                "use --denoise-strategy none"
+            )
+        runs.append(
+            RunInputs(entities=ents, bold=path, tr=tr, confounds=confounds, mask=mask, space=space,
+                      res=str(res) if res is not None else None, metadata=meta)
+        )
+    return sorted(runs, key=lambda r: r.name)
+
+
+def _collect_timeseries(layout, settings, query) -> list[RunInputs]:
+    root = Path(layout.root)
+    files = layout.get(
+        return_type="object", suffix="timeseries", extension=".tsv",
+        **{k: v for k, v in query.items() if k not in ("suffix", "extension")},
+    )
+    # XCP-D writes confounds and our own outputs with the same suffix: keep atlas-labelled series
+    files = [f for f in files if "atlas" in f.entities and f.entities.get("desc") != "confounds"]
+    if not files:
+        raise NothingSelectedError(
+            f"{root}: no *_atlas-<label>_timeseries.tsv files for this selection; check the filters"
+        )
+    runs = []
+    for f in files:
+        path = Path(f.path)
+        sidecar = _sidecar(path)
+        if sidecar is None:
+            raise MissingInputError(
+                f"{path}: no JSON sidecar; add one with SamplingFrequency (Hz) or RepetitionTime (s)"
+            )
+        meta = _read_json(sidecar)
+        tr = _tr_from_sidecar(meta, sidecar)
+        ents = {k: str(f.entities[k]) for k in RUN_ENTITIES if k in f.entities}
+        runs.append(RunInputs(entities=ents, bold=path, tr=tr, space=f.entities.get("space"), metadata=meta))
+    return sorted(runs, key=lambda r: r.name)
+
+
+def _sidecar(path: Path) -> Path | None:
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".tsv"):
+        if name.endswith(ext):
+            candidate = path.with_name(name[: -len(ext)] + ".json")
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def _exact(query: dict[str, str]) -> dict[str, Any]:
+    """Match the run entities exactly: an absent entity must be absent on the partner too."""
+    out: dict[str, Any] = {k: query.get(k, _none()) for k in RUN_ENTITIES if k != "echo"}
+    return out
+
+
+def _none():
+    from bids.layout import Query
+
+    return Query.NONE
+
+
+def _one(files: list, what: str) -> Path | None:
+    if not files:
+        return None
+    paths = sorted({Path(getattr(f, "path", f)) for f in files})
+    if len(paths) > 1:
+        raise DataError(f"{paths[0]}: several {what} files match one run ({len(paths)}); use --bids-filter-file")
+    return paths[0]

@@ -1,0 +1,208 @@
+"""Command line: ``bids_semantoks BIDS_DIR OUTPUT_DIR {participant,group,pretrain} [options]``.
+
+This module only parses options into :class:`bids_semantoks.config.Settings` and maps
+errors to exit codes; :mod:`bids_semantoks.levels` runs the levels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bids_semantoks import __version__
+from bids_semantoks.errors import EX_FAILURE, EX_OK, EX_USAGE, BidsAppError
+
+LOGGER = logging.getLogger("bids_semantoks")
+PARTICIPANT = "Participant selection and inputs"
+
+
+def _labels(values: tuple[str, ...]) -> list[str] | None:
+    """Labels given on the command line, or read from files with one label per line."""
+    out: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_file():
+            out += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        else:
+            out += value.replace(",", " ").split()
+    return out or None
+
+
+def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=option)
+        key, val = value.split("=", 1)
+        out[key.strip()] = val.strip()
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("bids_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("analysis_level", type=click.Choice(["participant", "group", "pretrain"]))
+@click.option("--participant-label", "--participant_label", "participant_label", multiple=True,
+              help="Subject label(s), with or without 'sub-', space/comma separated, or a file with one per line.")
+@click.option("--session-label", "--session_label", "session_label", multiple=True, help="Session label(s).")
+@click.option("-t", "--task-id", "--task_id", "task_id", multiple=True, help="Task label(s).")
+@click.option("--bids-filter-file", "--bids_filter_file", "bids_filter_file",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help='fMRIPrep-style JSON filters, e.g. {"bold": {"acquisition": "mb4"}}.')
+@click.option("--space", type=str, default=None, show_default="MNI152NLin2009cAsym",
+              help="Template space of the BOLD runs (MNI152NLin2009cAsym or MNI152NLin6Asym; any res-).")
+@click.option("--input-type", type=click.Choice(["fmriprep", "timeseries"]), default=None,
+              show_default="fmriprep", help="fMRIPrep derivatives, or XCP-D-style *_timeseries.tsv files.")
+@click.option("--atlas", type=str, default=None,
+              help="'default' (Schaefer-400 7N + Tian S3 + Buckner-7) or the path of a user _dseg.tsv.")
+@click.option("--denoise-strategy", type=click.Choice(["simple", "scrubbing", "compcor", "ica_aroma", "none"]),
+              default=None, show_default="simple", help="nilearn confound preset (see README for the rationale).")
+@click.option("--fd-thresh", type=float, default=None, show_default="0.5", help="FD threshold (mm) for scrubbing.")
+@click.option("--min-time", type=float, default=None, show_default="100",
+              help="Drop runs with less retained time (s) after censoring.")
+@click.option("--lower-bpf", type=float, default=None, show_default="0.01", help="High-pass (Hz); 0 disables.")
+@click.option("--upper-bpf", type=float, default=None, show_default="0.1", help="Low-pass (Hz); 0 disables.")
+@click.option("--target-tr", type=float, default=None, show_default="2.0", help="TR of the model input (s).")
+@click.option("--min-coverage", type=float, default=None, show_default="0.5",
+              help="Regions with a smaller fraction of voxels in the brain mask become n/a.")
+@click.option("--model", type=str, default=None, show_default="official",
+              help="'official' (HuggingFace weights), 'none' (time series only), or a checkpoint / model folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, show_default="auto")
+@click.option("--batch-size", type=int, default=None, help="Crops per forward pass (participant) or pre-training batch.")
+@click.option("--save-tokens", is_flag=True, default=None, help="Also write per-network token embeddings.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Data cache (atlases, model weights); default $BIDS_SEMANTOKS_DATA or ~/.cache/bids_semantoks.")
+# group level
+@click.option("--target", multiple=True, help="[group] Phenotype column to predict (repeatable).")
+@click.option("--target-type", multiple=True, help="[group] COL=classification|regression.")
+@click.option("--confounds", multiple=True, help="[group] Phenotype column regressed out inside the folds.")
+@click.option("--features", multiple=True, type=click.Choice(["semantoks", "fc"]), help="[group] Feature sets.")
+@click.option("--fc-kind", type=click.Choice(["correlation", "tangent"]), default=None, help="[group] Connectome.")
+@click.option("--probe-protocol", type=click.Choice(["subject_mean", "crops"]), default=None,
+              help="[group] Subject-mean embedding, or every crop a sample (the authors' protocol).")
+@click.option("--cv-folds", type=int, default=None, help="[group] Outer folds.")
+@click.option("--cv-repeats", type=int, default=None, help="[group] Outer repeats.")
+@click.option("--cv-groups", type=str, default=None, help="[group] Leave-one-group-out on this column (e.g. site).")
+@click.option("--n-permutations", type=int, default=None, help="[group] Label permutations for a p-value.")
+@click.option("--phenotypes", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="[group] TSV/CSV keyed by participant_id.")
+@click.option("--derivatives", multiple=True, help="[group] NAME=PATH of other datasets, e.g. raw=/data/bids.")
+@click.option("--model-label", type=str, default=None, help="[group] Which embeddings to use (desc- label).")
+@click.option("--random-seed", type=int, default=None, help="Seed of cross-validation and pre-training.")
+# pretrain level
+@click.option("--epochs", type=int, default=None, help="[pretrain] Epochs.")
+@click.option("--lr", type=float, default=None, help="[pretrain] Base learning rate (per 256 samples).")
+@click.option("--model-size", type=click.Choice(["tiny", "small", "base"]), default=None, help="[pretrain] Preset.")
+@click.option("--train-fraction", type=float, default=None, help="[pretrain] Seeded fraction of subjects.")
+@click.option("--model-name", type=str, default=None, help="[pretrain] Name of OUTPUT_DIR/models/<name>.")
+@click.option("--resume", is_flag=True, default=None, help="[pretrain] Continue from the last checkpoint.")
+# execution
+@click.option("--config-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="TOML/YAML/JSON settings; command-line options take precedence.")
+@click.option("-w", "--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Working directory (nipype cache); default OUTPUT_DIR/work.")
+@click.option("--bids-database-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="pybids database folder; default under the work directory.")
+@click.option("--nprocs", "--n-cpus", "--n_cpus", "nprocs", type=int, default=None, help="Parallel processes.")
+@click.option("--omp-nthreads", type=int, default=None, help="Threads per process (torch, BLAS).")
+@click.option("-v", "--verbose", count=True, help="More logging (-v, -vv).")
+@click.option("--overwrite", is_flag=True, default=None, help="Recompute outputs that already exist.")
+@click.option("--notrack", is_flag=True, default=None, help="Accepted for compatibility; nothing is ever sent anywhere.")
+@click.version_option(__version__, "--version", prog_name="bids_semantoks")
+def cli(bids_dir, output_dir, analysis_level, **opts):
+    """Brain-Semantoks embeddings, probes and pre-training from fMRIPrep derivatives.
+
+    BIDS_DIR is fMRIPrep's output folder (or an XCP-D-style time-series dataset with
+    --input-type timeseries); OUTPUT_DIR receives a BIDS derivatives dataset.
+    """
+    from bids_semantoks.bids.layout import read_filter_file
+    from bids_semantoks.config import build_settings
+
+    _setup_logging(opts["verbose"])
+    participant = {
+        "participant_label": _labels(opts["participant_label"]),
+        "session_label": _labels(opts["session_label"]),
+        "task_id": _labels(opts["task_id"]),
+        "bids_filters": read_filter_file(opts["bids_filter_file"]) if opts["bids_filter_file"] else None,
+        **{k: opts[k] for k in ("space", "input_type", "atlas", "denoise_strategy", "fd_thresh", "min_time",
+                                "lower_bpf", "upper_bpf", "target_tr", "min_coverage", "model", "device",
+                                "save_tokens")},
+        "batch_size": opts["batch_size"] if analysis_level == "participant" else None,
+    }
+    run = {k: opts[k] for k in ("work_dir", "bids_database_dir", "data_dir", "nprocs", "omp_nthreads",
+                                "overwrite", "notrack")}
+    run["verbose"] = opts["verbose"] or None
+    group = {
+        "targets": list(opts["target"]) or None,
+        "target_types": _key_values(opts["target_type"], "--target-type") or None,
+        "confounds": list(opts["confounds"]) or None,
+        "features": list(opts["features"]) or None,
+        "fc_kind": opts["fc_kind"],
+        "semantoks_protocol": opts["probe_protocol"],
+        "cv_folds": opts["cv_folds"],
+        "cv_repeats": opts["cv_repeats"],
+        "cv_groups": opts["cv_groups"],
+        "n_permutations": opts["n_permutations"],
+        "phenotypes": opts["phenotypes"],
+        "raw_dir": _key_values(opts["derivatives"], "--derivatives").get("raw"),
+        "model_label": opts["model_label"],
+        "seed": opts["random_seed"],
+    }
+    pretrain = {
+        "epochs": opts["epochs"], "lr": opts["lr"], "model_size": opts["model_size"],
+        "train_fraction": opts["train_fraction"], "model_name": opts["model_name"], "resume": opts["resume"],
+        "seed": opts["random_seed"],
+        "batch_size": opts["batch_size"] if analysis_level == "pretrain" else None,
+    }
+    settings = build_settings(
+        bids_dir, output_dir, analysis_level,
+        {"participant": participant, "run": run,
+         "group": {k: v for k, v in group.items() if v is not None},
+         "pretrain": {k: v for k, v in pretrain.items() if v is not None}},
+        config_file=opts["config_file"],
+    )
+    from bids_semantoks import levels
+
+    levels.run(settings)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose == 0:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    LOGGER.setLevel(level)
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "matplotlib", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and map errors to documented exit codes."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    try:
+        cli.main(args=argv, prog_name="bids_semantoks", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EX_USAGE)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except BidsAppError as exc:
+        click.echo(f"bids_semantoks: error: {exc}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line plus where to look
+        LOGGER.debug("unexpected error", exc_info=True)
+        click.echo(f"bids_semantoks: unexpected error: {type(exc).__name__}: {exc} "
+                   "(rerun with -vv for the traceback and report it)", err=True)
+        if os.environ.get("BIDS_SEMANTOKS_TRACEBACK"):
+            raise
+        sys.exit(EX_FAILURE)
+    sys.exit(EX_OK)

@@ -1,0 +1,137 @@
+"""Model-ready series -> crops -> teacher encoder -> embedding tables.
+
+Per run (MODEL_SPEC section 4): ``n_crops`` (8) evenly spaced 100-TR windows, starts
+``linspace(0, L - 100, n_crops)`` truncated to integers (duplicates removed); a run shorter
+than one window gives one zero-padded crop and a warning. Regions without data are set to 0
+(the z-scored mean); networks without any data are replaced by the mask embedding on all
+patches. Features per crop: ``cls_avg`` = [mean of the patch tokens, CLS].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+LOGGER = logging.getLogger("bids_semantoks")
+WINDOW = 100
+
+
+@dataclass
+class RunEmbedding:
+    """Embedding of one run."""
+
+    features: np.ndarray  # [n_crops, 2D]
+    onsets: np.ndarray  # [n_crops] seconds
+    masked_networks: list[str]
+    zero_filled_regions: list[str]
+    padded: bool
+    warnings: list[str] = field(default_factory=list)
+    tokens: np.ndarray | None = None  # [n_crops, N, D] per-network tokens (mean over patches)
+
+
+def crop_starts(n_samples: int, n_crops: int = 8, window: int = WINDOW) -> np.ndarray:
+    """Evenly spaced crop starts, e.g. 0, 11, 22, 34, 45, 57, 68, 80 for 180 samples."""
+    if n_samples <= window:
+        return np.array([0])
+    starts = np.linspace(0, n_samples - window, n_crops).astype(int)
+    return np.unique(starts)
+
+
+def make_crops(data: np.ndarray, n_crops: int = 8, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Cut ``data`` [T, C] into crops [n, C, window] (zero padded at the end if short)."""
+    n_samples, n_channels = data.shape
+    starts = crop_starts(n_samples, n_crops, window)
+    padded = n_samples < window
+    if padded:
+        x = np.zeros((1, n_channels, window), dtype=np.float32)
+        x[0, :, :n_samples] = data.T
+        return x, starts, True
+    x = np.stack([data[s : s + window].T for s in starts]).astype(np.float32)
+    return x, starts, False
+
+
+def embed_series(
+    encoder,
+    data: np.ndarray,
+    region_names: list[str] | tuple[str, ...],
+    network_names: list[str] | tuple[str, ...],
+    channel_networks: np.ndarray,
+    *,
+    tr: float = 2.0,
+    n_crops: int = 8,
+    batch_size: int = 64,
+    device: str = "cpu",
+    save_tokens: bool = False,
+) -> RunEmbedding:
+    """Embed one model-ready run.
+
+    Parameters
+    ----------
+    encoder : bids_semantoks.model.Encoder
+        Teacher encoder in eval mode.
+    data : ndarray, shape (T, C)
+        z-scored series at the model TR; NaN columns are regions without data.
+    region_names, network_names : sequence of str
+        Channel names and network names (token order).
+    channel_networks : ndarray of int, shape (C,)
+        Network id of every channel.
+    """
+    import torch
+
+    from bids_semantoks.model import encoder_features
+
+    data = np.asarray(data, dtype=np.float64)
+    channel_networks = np.asarray(channel_networks)
+    missing = ~np.isfinite(data).all(axis=0)
+    n_net = len(network_names)
+    masked_ids = [n for n in range(n_net) if missing[channel_networks == n].all()]
+    zero_filled = [region_names[i] for i in np.flatnonzero(missing) if channel_networks[i] not in masked_ids]
+    clean = np.where(np.isfinite(data), data, 0.0)
+    crops, starts, padded = make_crops(clean, n_crops)
+    warnings = []
+    if padded:
+        warnings.append(
+            f"run has {data.shape[0]} samples (< {WINDOW}); one crop zero-padded at the end"
+        )
+    elif len(starts) < n_crops:
+        warnings.append(f"run has {data.shape[0]} samples; only {len(starts)} distinct crops")
+    n_patches = encoder.config.n_patches
+    mask = None
+    if masked_ids:
+        mask = np.zeros((crops.shape[0], n_net, n_patches), dtype=bool)
+        mask[:, masked_ids, :] = True
+    feats, toks = [], []
+    with torch.inference_mode():
+        for lo in range(0, crops.shape[0], batch_size):
+            xb = torch.from_numpy(crops[lo : lo + batch_size]).to(device)
+            mb = None if mask is None else torch.from_numpy(mask[lo : lo + batch_size]).to(device)
+            tokens = encoder(xb, mask=mb)
+            feats.append(encoder_features(tokens)["cls_avg"].float().cpu().numpy())
+            if save_tokens:
+                patch = tokens[:, 1:].reshape(tokens.shape[0], n_net, n_patches, -1).mean(dim=2)
+                toks.append(patch.float().cpu().numpy())
+    return RunEmbedding(
+        features=np.concatenate(feats).astype(np.float32),
+        onsets=starts.astype(float) * tr,
+        masked_networks=[network_names[i] for i in masked_ids],
+        zero_filled_regions=zero_filled,
+        padded=padded,
+        warnings=warnings,
+        tokens=np.concatenate(toks) if save_tokens else None,
+    )
+
+
+def feature_columns(dim: int) -> list[str]:
+    """Column names of ``cls_avg``: ``avg_0000..``, then ``cls_0000..``."""
+    return [f"avg_{i:04d}" for i in range(dim)] + [f"cls_{i:04d}" for i in range(dim)]
+
+
+def embedding_frame(emb: RunEmbedding) -> pd.DataFrame:
+    dim = emb.features.shape[1] // 2
+    frame = pd.DataFrame(emb.features.astype(np.float64), columns=feature_columns(dim))
+    frame.insert(0, "onset", emb.onsets)
+    frame.insert(0, "crop", np.arange(len(emb.onsets)))
+    return frame

@@ -1,0 +1,1 @@
+"""Extraction: parcellation, confounds, cleaning, resampling to the model's TR."""
