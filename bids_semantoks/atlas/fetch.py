@@ -6,8 +6,10 @@ downloading it if needed, safely with respect to other processes filling the sam
 - Downloads use :mod:`urllib` with a timeout and stream into a temporary file in the
   destination folder; size and sha256 are checked **before** the file is moved into place
   with :func:`os.replace`, so a file under its final name is always complete and verified.
-- A :class:`filelock.FileLock` (``<file>.lock`` beside the file) serialises concurrent
-  jobs; after getting the lock the file is checked again, so only one job downloads.
+- A :class:`filelock.FileLock` per file serialises concurrent jobs; after getting the lock
+  the file is checked again, so only one job downloads. Lock files live in
+  ``<atlas_dir>/.locks/<relpath>.lock`` (not beside the data, so the cache keeps the
+  layout of ``../shared/atlases``; filelock leaves them behind on POSIX).
 - Files already present are verified by sha256 on every call (the atlas files are small,
   about 1.7 MB in all, so hashing costs milliseconds; no verification cache is kept).
 - Nothing is written when the file is already present and verifies, so a read-only,
@@ -96,9 +98,11 @@ def candidate_urls(remote: RemoteFile) -> list[str]:
     return list(remote.urls)
 
 
-def lock_for(path: Path) -> FileLock:
-    """The inter-process lock guarding ``path`` (``<path>.lock`` beside it)."""
-    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+def lock_for(atlas_dir: Path, relpath: str) -> FileLock:
+    """The inter-process lock guarding ``atlas_dir / relpath`` (``<atlas_dir>/.locks/<relpath>.lock``)."""
+    lock_path = Path(atlas_dir) / ".locks" / f"{relpath}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S)
 
 
 def ensure_file(remote: RemoteFile, atlas_dir: Path, *, download: bool = True) -> Path:
@@ -153,14 +157,14 @@ def ensure_file(remote: RemoteFile, atlas_dir: Path, *, download: bool = True) -
             "set BIDS_SEMANTOKS_ATLAS_DIR or --data-dir to a writable folder, or fill the cache"
         )
     try:
-        with lock_for(dest):
+        with lock_for(atlas_dir, remote.relpath):
             # Another process may have finished while we waited for the lock.
             if is_valid(dest, remote.size, remote.sha256):
                 return dest
             _download_verified(remote, dest, atlas_dir)
     except Timeout as exc:
         raise MissingInputError(
-            f"{dest}.lock: held by another process for over {LOCK_TIMEOUT_S:.0f} s; "
+            f"{atlas_dir}/.locks/{remote.relpath}.lock: held by another process for over {LOCK_TIMEOUT_S:.0f} s; "
             "delete the lock file if no other bids_semantoks job is running"
         ) from exc
     return dest

@@ -30,6 +30,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from filelock import Timeout
+
 from bids_semantoks.atlas import build as _build
 from bids_semantoks.atlas.fetch import RemoteFile, ensure_file, is_valid, lock_for, sha256_of, write_atomic
 from bids_semantoks.atlas.table import AtlasTable, _entity
@@ -217,32 +219,43 @@ def _ensure_derived(atlas_dir: Path, space: str, download: bool) -> None:
             f"{out_dir}: the derived {space} atlas is missing or does not verify and the cache is "
             f"read-only; set {ATLAS_DIR_ENV} or --data-dir to a writable folder"
         )
+    try:
+        with lock_for(atlas_dir, f"derived/{_build.derived_stem(space)}"):
+            if _derived_ok(atlas_dir, space):  # built by another process meanwhile
+                return
+            _build_space(atlas_dir, space, inputs, download)
+    except Timeout as exc:
+        raise MissingInputError(
+            f"{exc.lock_file}: held by another process for too long; delete it if no other "
+            "bids_semantoks job is running"
+        ) from exc
+
+
+def _build_space(atlas_dir: Path, space: str, inputs: dict[str, Path], download: bool) -> None:
     reg = load_registry()
     spec = reg["spaces"][space]
-    with lock_for(out_dir / _build.derived_stem(space)):
-        if _derived_ok(atlas_dir, space):  # built by another process meanwhile
-            return
-        rows = _rows_from_label_files(atlas_dir, download=download)
-        paths = _build.build_derived(
-            space,
-            tian_combined=inputs[spec["tian_combined"]],
-            buckner=inputs[reg["buckner"]],
-            rows=rows,
-            out_dir=out_dir,
-            resolution=spec["resolution"],
-            placement=spec["placement"],
-            sources=[remote_file(rel).urls[0] for rel in _space_inputs(space)],
-            shape=spec["shape"],
-            affine=spec["affine"],
-        )
-        record = {
-            "inputs": {rel: remote_file(rel).sha256 for rel in _space_inputs(space)},
-            "files": {
-                p.name: {"sha256": sha256_of(p), "size": p.stat().st_size}
-                for key, p in paths.items() if key in ("nii", "tsv", "json")
-            },
-        }
-        write_atomic(_build_record_path(atlas_dir, space), (json.dumps(record, indent=2) + "\n").encode())
+    out_dir = atlas_dir / "derived"
+    rows = _rows_from_label_files(atlas_dir, download=download)
+    paths = _build.build_derived(
+        space,
+        tian_combined=inputs[spec["tian_combined"]],
+        buckner=inputs[reg["buckner"]],
+        rows=rows,
+        out_dir=out_dir,
+        resolution=spec["resolution"],
+        placement=spec["placement"],
+        sources=[remote_file(rel).urls[0] for rel in _space_inputs(space)],
+        shape=spec["shape"],
+        affine=spec["affine"],
+    )
+    record = {
+        "inputs": {rel: remote_file(rel).sha256 for rel in _space_inputs(space)},
+        "files": {
+            p.name: {"sha256": sha256_of(p), "size": p.stat().st_size}
+            for key, p in paths.items() if key in ("nii", "tsv", "json")
+        },
+    }
+    write_atomic(_build_record_path(atlas_dir, space), (json.dumps(record, indent=2) + "\n").encode())
 
 
 def _rows_from_label_files(atlas_dir: Path, download: bool) -> list[tuple[int, str, str]]:
