@@ -1,0 +1,1 @@
+"""Brain-Semantoks encoder: architecture, checkpoints (authors' layout and ours), hub download."""

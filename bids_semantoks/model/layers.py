@@ -1,0 +1,95 @@
+"""Transformer building blocks: attention, MLP, LayerScale and the pre-norm block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Attention", "Mlp", "LayerScale", "Block", "sincos_positions", "init_weights"]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; q/k/v projection without bias, output projection with bias."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """Linear - GELU (exact) - Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale of a residual branch."""
+
+    def __init__(self, dim: int, init: float = 0.1):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale on both residual branches."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, layerscale_init: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.ls1 = LayerScale(dim, layerscale_init)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.ls2 = LayerScale(dim, layerscale_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def sincos_positions(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed 1-D sine-cosine embedding, sines in the first half and cosines in the second.
+
+    Parameters
+    ----------
+    n_positions : int
+        Positions 0..n_positions-1.
+    dim : int
+        Embedding width (even).
+    base : float
+        Frequency base.
+
+    Returns
+    -------
+    Tensor, shape (n_positions, dim), float32
+    """
+    half = dim // 2
+    omega = 1.0 / base ** (torch.arange(half, dtype=torch.float64) / half)
+    angle = torch.arange(n_positions, dtype=torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).float()
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) linear weights, zero biases; used for new models."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
