@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -64,8 +65,9 @@ class RunSeries:
 
 
 def _zscore(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(x, axis=0, keepdims=True) if x.size else x
+    with warnings.catch_warnings():  # all-NaN (missing) regions stay NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(x, axis=0, keepdims=True)
         sd = np.nanstd(x, axis=0, keepdims=True)
     return (x - mean) / (sd + eps)
 
@@ -100,7 +102,8 @@ def prepare_timeseries(data: np.ndarray, tr: float, eps: float = 1e-8) -> np.nda
 
         ratio = Fraction(tr / TARGET_TR).limit_denominator(100)
         missing = np.all(np.isnan(x), axis=0)
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             x = x - np.nan_to_num(np.nanmean(x, axis=0, keepdims=True))
         x = resample_poly(np.nan_to_num(x), ratio.numerator, ratio.denominator, axis=0)
         x[:, missing] = np.nan

@@ -13,11 +13,13 @@ Cosine from ``a`` to ``b`` over ``n`` steps (end points reached exactly)::
 - weight decay: cosine from ``weight_decay_start`` (0.05) to ``weight_decay_end`` (0.3);
 - teacher momentum: cosine from ``momentum_start`` (0.99) to ``momentum_end`` (1.0);
 - TTR weight: cosine from ``ttr_weight_start`` (0.5) at step 0 to 0 at step
-  ``E = round(ttr_end_fraction * S)`` (end of epoch 5 of 100), then 0.
+  ``E = ceil(ttr_end_fraction * S)`` (end of epoch 5 of 100), then 0; so a
+  non-zero fraction always gives at least one step with TTR.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +78,7 @@ class Schedules:
         """Build the schedules of ``options`` for ``steps_per_epoch`` optimisation steps per epoch."""
         n = options.epochs * steps_per_epoch
         warmup = int(round(options.warmup_epochs * steps_per_epoch))
-        ttr_end = int(round(options.ttr_end_fraction * n))
+        ttr_end = int(math.ceil(options.ttr_end_fraction * n - 1e-9))
         return cls(
             lr=warmup_cosine(options.peak_lr, options.min_lr, n, warmup),
             weight_decay=cosine(options.weight_decay_start, options.weight_decay_end, n),
