@@ -20,6 +20,27 @@ LOGGER = logging.getLogger("bids_semantoks")
 PARTICIPANT = "Participant selection and inputs"
 
 
+class _Greedy(click.Option):
+    """An option that takes one or more values (``--participant-label 01 02``), as BIDS Apps do."""
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value, state, _original=original, _prefixes=opt.prefixes):
+                values = [value]
+                while state.rargs and not any(state.rargs[0].startswith(p) for p in _prefixes):
+                    values.append(state.rargs.pop(0))
+                for v in values:
+                    _original(v, state)
+
+            opt.process = process
+
+
 def _labels(values: tuple[str, ...]) -> list[str] | None:
     """Labels given on the command line, or read from files with one label per line."""
     out: list[str] = []
@@ -46,10 +67,10 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.argument("bids_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("analysis_level", type=click.Choice(["participant", "group", "pretrain"]))
-@click.option("--participant-label", "--participant_label", "participant_label", multiple=True,
+@click.option("--participant-label", "--participant_label", "participant_label", multiple=True, cls=_Greedy,
               help="Subject label(s), with or without 'sub-', space/comma separated, or a file with one per line.")
-@click.option("--session-label", "--session_label", "session_label", multiple=True, help="Session label(s).")
-@click.option("-t", "--task-id", "--task_id", "task_id", multiple=True, help="Task label(s).")
+@click.option("--session-label", "--session_label", "session_label", multiple=True, cls=_Greedy, help="Session label(s).")
+@click.option("-t", "--task-id", "--task_id", "task_id", multiple=True, cls=_Greedy, help="Task label(s).")
 @click.option("--bids-filter-file", "--bids_filter_file", "bids_filter_file",
               type=click.Path(path_type=Path, dir_okay=False),
               help='fMRIPrep-style JSON filters, e.g. {"bold": {"acquisition": "mb4"}}.')
@@ -77,7 +98,7 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Data cache (atlases, model weights); default $BIDS_SEMANTOKS_DATA or ~/.cache/bids_semantoks.")
 # group level
-@click.option("--target", multiple=True, help="[group] Phenotype column to predict (repeatable).")
+@click.option("--target", multiple=True, cls=_Greedy, help="[group] Phenotype column to predict (repeatable).")
 @click.option("--target-type", multiple=True, help="[group] COL=classification|regression.")
 @click.option("--confounds", multiple=True, help="[group] Phenotype column regressed out inside the folds.")
 @click.option("--features", multiple=True, type=click.Choice(["semantoks", "fc"]), help="[group] Feature sets.")

@@ -74,10 +74,11 @@ def write_run(
         nets = _network_signals(rng, int(channel_networks.max()) + 1, n_vols, tr)
         weights = rng.uniform(0.4, 1.0, n_reg)
         region_signals = nets[:, channel_networks] * weights + rng.standard_normal((n_vols, n_reg)) * 0.7
-    motion = np.cumsum(rng.standard_normal((n_vols, 6)) * 0.02, axis=0) * motion_scale
+    steps = rng.standard_normal((n_vols, 6)) * np.array([0.02, 0.02, 0.02, 0.0003, 0.0003, 0.0003])
+    motion = np.cumsum(steps, axis=0) * motion_scale  # mm and radians, as fMRIPrep writes them
     if spikes:
         for s in spikes:
-            motion[s:] += rng.standard_normal(6) * 0.6
+            motion[s:] += rng.standard_normal(6) * np.array([0.8, 0.8, 0.8, 0.01, 0.01, 0.01])
     lookup = np.zeros((n_reg + 1, n_vols), dtype=np.float32)
     lookup[1:] = (region_signals.T * 10.0)
     inside = labels > 0

@@ -150,8 +150,9 @@ def run_participant(settings: Settings) -> None:
     model = resolve_model(settings, atlas)
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=_citation(resolved, model))
     for subject in sorted({r.subject for r in runs}):
-        outputs.write_text(Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
-                           settings.to_json() + "\n")
+        outputs.write_text_if_changed(
+            Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
+            settings.to_json() + "\n")
     jobs = plan_jobs(runs, atlas, settings, model)
     failures = run_workflow(jobs, settings, wdir)
     error = failures_summary(failures)

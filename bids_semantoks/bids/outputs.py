@@ -25,7 +25,7 @@ from bids_semantoks import __version__
 from bids_semantoks.bids.layout import ENTITY_KEYS, RunInputs
 from bids_semantoks.errors import OutputError
 
-BIDSIGNORE_LINES = ("*_embedding.tsv", "*_embedding.json", "*_tokens.npz", "*_tokens.json", "models/", "group/", "logs/", "work/", "sub-*/log/")
+BIDSIGNORE_LINES = ("*_embedding.tsv", "*_embedding.json", "*_tokens.npz", "*_tokens.json", "models/", "group/", "logs/", "work/", "sub-*/log/", ".bids_semantoks.lock")
 
 
 def sanitize_label(value: str) -> str:
@@ -101,6 +101,15 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_text_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless the file already holds exactly it (keeps reruns byte- and mtime-stable)."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
@@ -159,6 +168,7 @@ def init_output_dataset(output_dir: Path, input_dir: Path, input_description: di
             "BIDSVersion": "1.10.0",
             "DatasetType": "derivative",
             "GeneratedBy": [ours] + [g for g in chain if g.get("Name") != "bids_semantoks"],
+            "DatasetLinks": {"input": Path(input_dir).resolve().as_uri()},
             "SourceDatasets": [{"URL": Path(input_dir).resolve().as_uri()}]
             + [s for s in input_description.get("SourceDatasets", []) if isinstance(s, dict)],
         }

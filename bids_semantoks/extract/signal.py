@@ -148,7 +148,8 @@ def clean_signals(
 
     signals = np.asarray(signals, dtype=np.float64)
     n_vol, n_reg = signals.shape
-    valid = np.isfinite(signals).all(axis=0) & (np.nanstd(signals, axis=0) > 0)
+    valid = np.isfinite(signals).all(axis=0)
+    valid[valid] = signals[:, valid].std(axis=0) > 0
     retained = np.ones(n_vol, dtype=bool)
     if sample_mask is not None:
         retained[:] = False
@@ -168,7 +169,7 @@ def clean_signals(
             cleaned = clean(
                 x,
                 detrend=detrend,
-                standardize=False,
+                standardize=None,
                 confounds=conf,
                 sample_mask=np.flatnonzero(retained) if sample_mask is not None else None,
                 filter="butterworth" if (high_pass or low_pass) else False,

@@ -73,9 +73,15 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def effective_strategy(participant) -> str:
+    """The denoising actually applied: time-series inputs are already denoised (no confounds)."""
+    return "none" if participant.input_type == "timeseries" else participant.denoise_strategy
+
+
 def plan_jobs(runs: list[RunInputs], atlas: dict[str, Any], settings, model: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One job description (JSON-able) per run, with its output paths and settings hashes."""
     st = settings.participant.model_dump(mode="json")
+    st["denoise_strategy"] = effective_strategy(settings.participant)
     extraction = {k: v for k, v in st.items() if k not in (
         "participant_label", "session_label", "task_id", "bids_filters", "model", "device", "batch_size",
         "save_tokens", "n_crops")}
@@ -100,7 +106,7 @@ def plan_jobs(runs: list[RunInputs], atlas: dict[str, Any], settings, model: dic
             "output_dir": str(settings.output_dir.resolve()),
             "omp_nthreads": settings.run.omp_nthreads,
             "timeseries_path": str(outputs.timeseries_path(settings.output_dir, run, res_atlas, run_space,
-                                                           settings.participant.denoise_strategy)),
+                                                           effective_strategy(settings.participant))),
         }
         if model is not None:
             job["model"] = model

@@ -69,7 +69,7 @@ def extract_step(job: dict[str, Any]) -> str | None:
         signals = read_timeseries_tsv(run.bold, names)
         n_vol = signals.shape[0]
         conf, sample_mask, mean_fd = None, None, None
-        detrend = st["denoise_strategy"] != "none"
+        detrend = True  # already denoised upstream; a linear detrend is harmless and removes drifts
     else:
         import nibabel as nib
 

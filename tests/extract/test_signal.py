@@ -1,0 +1,84 @@
+"""Cleaning, resampling and z-scoring of regional signals, against nilearn and by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_semantoks.extract.signal import clean_signals, read_timeseries_tsv, resample_to_tr, zscore
+
+
+def test_zscore_nan_aware_population_sd():
+    x = np.array([[1.0, np.nan], [2.0, np.nan], [3.0, np.nan]])
+    z = zscore(x)
+    np.testing.assert_allclose(z[:, 0], (x[:, 0] - 2) / (np.std(x[:, 0]) + 1e-8))
+    assert np.isnan(z[:, 1]).all()
+
+
+def test_no_cleaning_is_zscore_only():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 5)) * 3 + 7
+    res = clean_signals(x, 2.0, detrend=False, lower_bpf=0, upper_bpf=0, target_tr=2.0)
+    np.testing.assert_allclose(res.data, zscore(x), atol=1e-10)
+    assert res.n_samples_out == 120 and res.dropped_reason is None
+
+
+def test_matches_nilearn_clean_without_censoring():
+    from nilearn.signal import clean
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 4)).cumsum(axis=0)
+    conf = pd.DataFrame(rng.standard_normal((200, 3)), columns=list("abc"))
+    res = clean_signals(x, 2.0, confounds=conf, lower_bpf=0.01, upper_bpf=0.1, target_tr=2.0)
+    ref = clean(x, t_r=2.0, confounds=conf.to_numpy(), low_pass=0.1, high_pass=0.01, standardize=None,
+                detrend=True, filter="butterworth")
+    np.testing.assert_allclose(res.data, zscore(ref), atol=1e-8)
+    assert res.confounds_used == ["a", "b", "c"]
+
+
+def test_resample_keeps_slow_sine_and_grid():
+    tr, target = 0.72, 2.0
+    t = np.arange(500) * tr
+    x = np.sin(2 * np.pi * 0.05 * t)[:, None]
+    out, keep = resample_to_tr(x, tr, target, low_pass=0.1)
+    t_out = np.arange(out.shape[0]) * target
+    assert out.shape[0] == int(np.floor(t[-1] / target)) + 1
+    inner = slice(10, -10)
+    np.testing.assert_allclose(out[inner, 0], np.sin(2 * np.pi * 0.05 * t_out)[inner], atol=2e-3)
+    assert keep.all()
+
+
+def test_censoring_survives_resampling_and_min_time_drops():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((100, 3))
+    retained = np.ones(100, dtype=bool)
+    retained[40:45] = False
+    res = clean_signals(x, 1.5, sample_mask=np.flatnonzero(retained), lower_bpf=0, upper_bpf=0.1,
+                        target_tr=2.0, detrend=True)
+    assert res.n_censored_in == 5
+    assert res.n_censored_out >= 3  # target samples between censored source volumes
+    assert res.data.shape[0] == res.n_samples_out - res.n_censored_out
+    dropped = clean_signals(x, 1.5, sample_mask=np.flatnonzero(retained), target_tr=2.0, min_time=1000)
+    assert dropped.dropped_reason and "min-time" in dropped.dropped_reason
+
+
+def test_nan_regions_carried_through():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((80, 3))
+    x[:, 1] = np.nan
+    res = clean_signals(x, 2.0, target_tr=2.0)
+    assert np.isnan(res.data[:, 1]).all() and np.isfinite(res.data[:, [0, 2]]).all()
+
+
+def test_read_timeseries_checks_header(tmp_path):
+    path = tmp_path / "sub-1_atlas-X_timeseries.tsv"
+    pd.DataFrame({"b": [1.0, 2, 3], "a": [0.0, 0, 0]}).to_csv(path, sep="\t", index=False)
+    data = read_timeseries_tsv(path, ("a", "b", "c"))
+    assert np.isnan(data[:, 0]).all()  # all-zero column = region without data
+    np.testing.assert_array_equal(data[:, 1], [1, 2, 3])
+    assert np.isnan(data[:, 2]).all()  # absent column
+    from bids_semantoks.errors import DataError
+
+    with pytest.raises(DataError, match="not a region of the atlas"):
+        read_timeseries_tsv(path, ("a", "c"))
