@@ -1,0 +1,56 @@
+"""Student/teacher: the teacher gets no gradient and moves only by the EMA."""
+
+import torch
+
+from bids_semantoks.model import Encoder, ProjectionHead, model_preset
+from bids_semantoks.pretrain.losses import coding_rate_loss, masked_token_loss
+from bids_semantoks.pretrain.meta_arch import SelfDistillation, ema_update, param_groups
+
+from pretrain_helpers import CHANNEL_NETWORKS, NETWORKS
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = model_preset("tiny", NETWORKS, CHANNEL_NETWORKS).model_copy(update={"dim": 32, "depth": 1, "heads": 2})
+    return SelfDistillation(Encoder(cfg), ProjectionHead(32, 64, 16))
+
+
+def test_teacher_receives_no_gradient():
+    m = _model()
+    x = torch.randn(6, len(CHANNEL_NETWORKS), 100)
+    mask = torch.zeros(6, 3, 5, dtype=torch.bool)
+    mask[:, 1] = True
+    s = m.student(x, mask, tokens=True, ttr=True)
+    t = m.teacher(x, None, tokens=True, ttr=True)  # no torch.no_grad on purpose
+    loss = coding_rate_loss(s["cls"].view(2, 3, -1), t["cls"].view(2, 3, -1))[0]
+    loss = loss + masked_token_loss(s["tokens"], t["tokens"], mask.view(6, -1))
+    loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in m.teacher.parameters())
+    assert all(p.grad is not None for p in m.student.parameters())  # mask embedding used here
+    assert s["tokens"].shape == (6, 15, 16) and s["ttr"].shape == (6, 3, 16)
+
+
+def test_ema_update_formula():
+    m = _model()
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in m.teacher.parameters()]
+    ema_update(m.teacher, m.student, 0.9)
+    for b, t, s in zip(before, m.teacher.parameters(), m.student.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
+    ema_update(m.teacher, m.student, 1.0)  # momentum 1 (end of training): frozen
+    ema_update(m.teacher, m.student, 0.0)  # momentum 0: copy
+    for t, s in zip(m.teacher.parameters(), m.student.parameters()):
+        torch.testing.assert_close(t, s)
+
+
+def test_param_groups_no_decay_on_norms_biases_tokens():
+    m = _model()
+    decay, no_decay = param_groups(m.student)
+    names = {id(p): n for n, p in m.student.named_parameters()}
+    no = {names[id(p)] for p in no_decay["params"]}
+    yes = {names[id(p)] for p in decay["params"]}
+    assert "encoder.mask_token" in no and "encoder.cls_token" in no and "encoder.network_embed" in no
+    assert all(not n.endswith(".bias") for n in yes)
+    assert "head.fc1.weight" in yes and any("qkv.weight" in n for n in yes)
