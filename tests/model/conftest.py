@@ -34,6 +34,14 @@ def parity_encoder(parity_dir, parity_expected):
     return load_encoder(parity_dir / "checkpoint.pth", network_map=parity_expected["network_map"])
 
 
+@pytest.fixture
+def full_size_checkpoint(tmp_path, parity_dir) -> Path:
+    """A random ``.pth`` in the authors' layout at the released size, written with ``torch.save``."""
+    path = tmp_path / "brainsemantoks_ckpt_epoch_100.pth"
+    torch.save(full_size_state(parity_dir), path)
+    return path
+
+
 def full_size_state(parity_dir: Path, seed: int = 0) -> dict:
     """A random checkpoint in the authors' layout at the released size.
 
