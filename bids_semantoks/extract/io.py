@@ -183,11 +183,16 @@ class _GzipProducer(threading.Thread):
                 if not pend:
                     pend = f.read(_IN_BYTES)
                     if not pend:
-                        raise DataError(f"{self.path}: file is truncated (gzip stream ends early); re-create or re-download the file")
+                        raise DataError(
+                            f"{self.path}: file is truncated (gzip stream ends early); "
+                            "re-create or re-download the file"
+                        )
                 try:
                     out = d.decompress(pend, _OUT_PIECE)
                 except zlib.error as exc:
-                    raise DataError(f"{self.path}: corrupt gzip data ({exc}); re-create or re-download the file") from exc
+                    raise DataError(
+                        f"{self.path}: corrupt gzip data ({exc}); re-create or re-download the file"
+                    ) from exc
                 pend = d.unconsumed_tail
                 if out and not self._put(("data", out)):
                     return
@@ -195,7 +200,10 @@ class _GzipProducer(threading.Thread):
             while len(pend) < 8:
                 more = f.read(_IN_BYTES)
                 if not more:
-                    raise DataError(f"{self.path}: file is truncated (gzip trailer missing); re-create or re-download the file")
+                    raise DataError(
+                        f"{self.path}: file is truncated (gzip trailer missing); "
+                        "re-create or re-download the file"
+                    )
                 pend += more
             crc, isize = struct.unpack("<II", pend[:8])
             pend = pend[8:]
@@ -288,7 +296,10 @@ def _stream_gzip(path: str, offset: int, out_nbytes: int) -> Iterator[memoryview
                     yield mv
             elif kind == "end":
                 if msg[1] != crc or msg[2] != (size & 0xFFFFFFFF):
-                    raise DataError(f"{path}: gzip CRC or length check failed (corrupt file); re-create or re-download it")
+                    raise DataError(
+                        f"{path}: gzip CRC or length check failed (corrupt file); "
+                        "re-create or re-download it"
+                    )
                 crc = 0
                 size = 0
             elif kind == "eof":

@@ -369,7 +369,8 @@ def extract_regions(
     coverage : numpy.ndarray, shape (R,), float64
         Fraction of each region's voxels (on the BOLD grid) inside the mask.
     missing : list of int
-        Labels (from ``indices``) of the NaN regions, in ``indices`` order.
+        Column positions (0-based, into ``indices`` and ``signals``) of the NaN regions,
+        increasing. ``[indices[i] for i in missing]`` gives their labels.
 
     Raises
     ------
@@ -390,5 +391,5 @@ def extract_regions(
     signals, n_vox = region_means(bold, lab_data, idx, mask=mask_data)
     bad = (coverage < float(min_coverage)) | (n_vox == 0)
     signals[:, bad] = np.nan
-    missing = [int(i) for i in idx[bad]]
+    missing = [int(i) for i in np.flatnonzero(bad)]
     return signals, coverage, missing
