@@ -39,3 +39,8 @@ def tiny_options(**overrides):
 def atlas_kwargs():
     return dict(network_names=NETWORKS, channel_networks=CHANNEL_NETWORKS, channel_names=CHANNEL_NAMES,
                 atlas_label="Synth12")
+
+
+def ddp_options(epochs=2):
+    """Options of the DDP comparison: LR high enough (no warm-up) that the weights really move."""
+    return tiny_options(epochs=epochs, name="ddp", lr=2e-3, warmup_epochs=0.0)
