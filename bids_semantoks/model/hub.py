@@ -123,8 +123,11 @@ def fetch_official(data_dir: str | Path | None = None) -> Path:
 def _download(models: Path, target: Path) -> None:
     from huggingface_hub import hf_hub_download
 
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at huggingface_hub import
     try:
-        path = hf_hub_download(REPO_ID, FILENAME, local_dir=models)
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        path = hf_hub_download(REPO_ID, FILENAME, local_dir=models, endpoint=endpoint)
     except Exception as exc:  # network, offline mode, HTTP errors: try the local copy
         try:
             path = hf_hub_download(REPO_ID, FILENAME, local_dir=models, local_files_only=True)
