@@ -1,0 +1,90 @@
+# bids_semantoks BIDS App image.
+#
+#   docker build -t semantoks \
+#       --build-arg REVISION="$(git rev-parse HEAD)" --build-arg SOURCE_URL="$(git remote get-url origin)" .
+#   docker run --rm -u "$(id -u):$(id -g)" -v /data/fmriprep:/bids:ro -v /data/out:/out semantoks /bids /out participant
+#
+# Build arguments:
+#   TORCH_VARIANT  cpu (default) or a CUDA wheel variant of download.pytorch.org, e.g. cu128
+#   TORCH_INDEX_URL  the wheel index (default https://download.pytorch.org/whl/${TORCH_VARIANT})
+#   WITH_MODEL     1 (default): bake the official weights into the image; 0: atlases only
+#   VERSION, REVISION, SOURCE_URL  OCI labels (VERSION must equal pyproject.toml's; a test checks)
+#
+# Lines marked "# replay" are run, in order, by tests/containers/test_dockerfile_replay.py in a
+# fresh virtualenv (with the ARG/ENV values of their stage), so a missing install step fails CI.
+# Keep every install step in such RUN lines.
+
+# Base: python:3.11-slim-bookworm (Debian 12, CPython 3.11). The digest below is the one that
+# two independent public Dockerfiles pin for this tag; it could NOT be verified against the
+# registry from the machines this file was written on (no registry access). Verify or refresh with
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# and override without editing with --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:<digest>.
+ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+ENV VIRTUAL_ENV=/opt/venv \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+ENV PATH="${VIRTUAL_ENV}/bin:${PATH}"
+WORKDIR /src
+
+# torch first (the big layer; cached while the package changes). CPU wheels by default.
+# replay
+RUN python -m venv "${VIRTUAL_ENV}" \
+    && pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+# The package and its dependencies from PyPI (the build context is filtered by .dockerignore).
+COPY . .
+# replay
+RUN pip install --no-cache-dir . \
+    && bids_semantoks --version
+
+# ---------------------------------------------------------------------------------------------
+# The data cache: atlases for both template spaces (sha256 checked) and, unless WITH_MODEL=0,
+# the official weights; made world-readable so any --user can read them.
+FROM builder AS data
+ARG WITH_MODEL=1
+ENV BIDS_SEMANTOKS_DATA=/opt/bids_semantoks/data
+# from outside the source tree, so the installed package (with its package data) is what runs
+WORKDIR /tmp
+# replay
+RUN if [ "${WITH_MODEL}" = "1" ]; then \
+        python -m bids_semantoks.prefetch --data-dir "${BIDS_SEMANTOKS_DATA}"; \
+    else \
+        python -m bids_semantoks.prefetch --data-dir "${BIDS_SEMANTOKS_DATA}" --skip-model; \
+    fi
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE_URL=unknown
+LABEL org.opencontainers.image.title="bids_semantoks" \
+      org.opencontainers.image.description="BIDS App for the Brain-Semantoks fMRI foundation model" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Threads: OMP_NUM_THREADS / MKL_NUM_THREADS are deliberately not set here; the app sets them
+# from --omp-nthreads. HOME and the matplotlib cache point at /tmp so that any --user works
+# (use --tmpfs /tmp with --read-only). Outputs go only to OUTPUT_DIR and the work directory.
+ENV VIRTUAL_ENV=/opt/venv \
+    BIDS_SEMANTOKS_DATA=/opt/bids_semantoks/data \
+    BIDS_SEMANTOKS_ATLAS_DIR=/opt/bids_semantoks/data/atlases \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+ENV PATH="${VIRTUAL_ENV}/bin:${PATH}"
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=data /opt/bids_semantoks/data /opt/bids_semantoks/data
+WORKDIR /tmp
+
+ENTRYPOINT ["/opt/venv/bin/bids_semantoks"]
