@@ -19,7 +19,7 @@ from typing import Any
 from bids_semantoks.bids import outputs
 from bids_semantoks.bids.layout import RunInputs
 from bids_semantoks.errors import BidsAppError
-from bids_semantoks.workflows.steps import is_current
+from bids_semantoks.workflows.steps import is_current, job_path
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -82,9 +82,7 @@ def plan_jobs(runs: list[RunInputs], atlas: dict[str, Any], settings, model: dic
     """One job description (JSON-able) per run, with its output paths and settings hashes."""
     st = settings.participant.model_dump(mode="json")
     st["denoise_strategy"] = effective_strategy(settings.participant)
-    extraction = {k: v for k, v in st.items() if k not in (
-        "participant_label", "session_label", "task_id", "bids_filters", "model", "device", "batch_size",
-        "save_tokens", "n_crops")}
+    extraction = {k: v for k, v in st.items() if k not in _EMBED_ONLY}
     extraction_hash = _hash([extraction, atlas["label"], atlas["names"], atlas.get("dseg_sha")])
     embedding_hash = _hash([extraction_hash, model and {k: model[k] for k in ("label", "sha256", "source")},
                             st["n_crops"], st["save_tokens"]])
@@ -105,15 +103,27 @@ def plan_jobs(runs: list[RunInputs], atlas: dict[str, Any], settings, model: dic
             "bids_dir": str(settings.bids_dir.resolve()),
             "output_dir": str(settings.output_dir.resolve()),
             "omp_nthreads": settings.run.omp_nthreads,
-            "timeseries_path": str(outputs.timeseries_path(settings.output_dir, run, res_atlas, run_space,
+            # output paths relative to output_dir: nipype content-hashes strings naming existing files
+            "timeseries_path": str(outputs.timeseries_path(Path("."), run, res_atlas, run_space,
                                                            effective_strategy(settings.participant))),
         }
         if model is not None:
             job["model"] = model
-            job["embedding_path"] = str(outputs.embedding_path(settings.output_dir, run, res_atlas, run_space, model["label"]))
+            job["embedding_path"] = str(outputs.embedding_path(Path("."), run, res_atlas, run_space, model["label"]))
             job["embedding_hash"] = embedding_hash
         jobs.append(job)
     return jobs
+
+
+_EMBED_ONLY = ("participant_label", "session_label", "task_id", "bids_filters", "model", "device", "batch_size",
+               "save_tokens", "n_crops")
+
+
+def extraction_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The part of a job the extraction depends on (so a model change keeps its cache)."""
+    out = {k: v for k, v in job.items() if k not in ("model", "embedding_path", "embedding_hash")}
+    out["settings"] = {k: v for k, v in job["settings"].items() if k not in _EMBED_ONLY}
+    return out
 
 
 def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[tuple[int, str]]:
@@ -128,8 +138,8 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
     overwrite = settings.run.overwrite
     todo, subjects = [], {}
     for job in jobs:
-        ts_done = is_current(Path(job["timeseries_path"]), job["settings_hash"])
-        emb_done = "model" not in job or is_current(Path(job["embedding_path"]), job["embedding_hash"])
+        ts_done = is_current(job_path(job, "timeseries_path"), job["settings_hash"])
+        emb_done = "model" not in job or is_current(job_path(job, "embedding_path"), job["embedding_hash"])
         key = (job["run"]["entities"]["subject"], job["run"]["entities"].get("session"))
         subjects.setdefault(key, []).append(job)
         if ts_done and emb_done and not overwrite:
@@ -165,10 +175,10 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
         log_dir = Path(settings.output_dir, f"sub-{key[0]}", "log")
         ext = Node(Function(input_names=["job", "error_dir"], output_names=["timeseries"], function=_extract_node),
                    name=f"extract_{safe}")
-        ext.inputs.job = {k: v for k, v in job.items() if k not in ("model", "embedding_path", "embedding_hash")}
+        ext.inputs.job = extraction_job(job)
         ext.inputs.error_dir = str(error_dir)
         ext.config = {"execution": {"crashdump_dir": str(log_dir)}}
-        ts_done = is_current(Path(job["timeseries_path"]), job["settings_hash"])
+        ts_done = is_current(job_path(job, "timeseries_path"), job["settings_hash"])
         ext.overwrite = bool(overwrite or not ts_done)
         wf.add_nodes([ext])
         if "model" in job:
@@ -177,7 +187,7 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
             emb.inputs.job = job
             emb.inputs.error_dir = str(error_dir)
             emb.config = {"execution": {"crashdump_dir": str(log_dir)}}
-            emb.overwrite = bool(overwrite or not is_current(Path(job["embedding_path"]), job["embedding_hash"]))
+            emb.overwrite = bool(overwrite or not is_current(job_path(job, "embedding_path"), job["embedding_hash"]))
             wf.connect(ext, "timeseries", emb, "timeseries")
             embed_nodes.setdefault(key, []).append(emb)
     for key in means_needed:

@@ -40,6 +40,11 @@ def _source(bids_dir: str, path: Path | None) -> str | None:
         return str(path)
 
 
+def job_path(job: dict[str, Any], key: str) -> Path:
+    """An output path of a job (stored relative to the output folder)."""
+    return Path(job["output_dir"]) / job[key]
+
+
 def is_current(path: Path, settings_hash: str) -> bool:
     """True when ``path`` and its sidecar exist and were made with the same settings."""
     side = outputs.sidecar_of(path)
@@ -61,7 +66,7 @@ def extract_step(job: dict[str, Any]) -> str | None:
     run = _run(job["run"])
     st = job["settings"]
     atlas = job["atlas"]
-    out_path = Path(job["timeseries_path"])
+    out_path = job_path(job, "timeseries_path")
     names = tuple(atlas["names"])
     coverage = None
     missing_cov: list[str] = []
@@ -156,7 +161,7 @@ def embed_step(job: dict[str, Any], timeseries: str | None) -> str | None:
     from bids_semantoks.model import load_encoder
 
     ts_path = Path(timeseries)
-    out_path = Path(job["embedding_path"])
+    out_path = job_path(job, "embedding_path")
     model = job["model"]
     atlas = job["atlas"]
     data = pd.read_csv(ts_path, sep="\t", na_values=["n/a"]).to_numpy(dtype=np.float64)
@@ -192,7 +197,7 @@ def embed_step(job: dict[str, Any], timeseries: str | None) -> str | None:
         "Precision": "float32",
         "TorchVersion": torch.__version__,
         "Sources": [_source(job["output_dir"], ts_path).replace("bids:input:", "bids::")],
-        "SettingsHash": job["settings_hash"],
+        "SettingsHash": job["embedding_hash"],
         "SoftwareVersion": __version__,
     }
     outputs.write_tsv(out_path, frame, float_format="%.7g")
@@ -204,7 +209,7 @@ def embed_step(job: dict[str, Any], timeseries: str | None) -> str | None:
                 np.savez_compressed(fh, tokens=emb.tokens, networks=np.array(atlas["networks"]), onsets=emb.onsets)
         outputs.write_json(outputs.sidecar_of(tok_path), {
             "Description": "Per-network token embeddings (mean over the 5 patches) per crop: [crop, network, D].",
-            "Networks": list(atlas["networks"]), "Model": model["label"], "SettingsHash": job["settings_hash"],
+            "Networks": list(atlas["networks"]), "Model": model["label"], "SettingsHash": job["embedding_hash"],
         })
     return str(out_path)
 
