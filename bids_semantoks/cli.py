@@ -175,7 +175,8 @@ def cli(bids_dir, output_dir, analysis_level, **opts):
     }
     pretrain = {
         "epochs": opts["epochs"], "lr": opts["lr"], "model_size": opts["model_size"],
-        "train_fraction": opts["train_fraction"], "model_name": opts["model_name"], "resume": opts["resume"],
+        "train_fraction": opts["train_fraction"], "name": opts["model_name"], "resume": opts["resume"],
+        "device": opts["device"],
         "seed": opts["random_seed"],
         "batch_size": opts["batch_size"] if analysis_level == "pretrain" else None,
     }
