@@ -239,9 +239,11 @@ def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInput
     if check_subjects and settings.participant_label:
         unknown = [s for s in settings.participant_label if s not in subjects]
         if unknown:
+            # the index holds only the selected subjects: list the folders for the hint
+            present = sorted(p.name[4:] for p in root.glob("sub-*") if p.is_dir())
             raise MissingInputError(
                 f"{root}: participant(s) {', '.join('sub-' + s for s in unknown)} not found; "
-                f"available: {', '.join(sorted(subjects)[:10]) or 'none'}"
+                f"available: {', '.join(present[:10]) + (' ...' if len(present) > 10 else '') or 'none'}"
             )
     query = {**_selection(settings), **settings.bids_filters.get("bold", {})}
     if settings.input_type == "timeseries":
