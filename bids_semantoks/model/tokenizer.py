@@ -22,12 +22,14 @@ Two implementations share the parameters:
 
 - :meth:`NetworkTokenizer.forward`: a literal, per-network transcription of the above
   (the oracle in the tests and the baseline of ``benchmarks/encoder_speed.py``);
-- :meth:`SemanticTokenizer.forward`: the fast path. Batching the *convolutions* across
-  networks (grouped conv with networks padded to the largest R_n, or padded ``bmm``)
-  was measured 1.5-1.8x slower on CPU at D=768 (R_n ranges 7..91, so padding nearly
-  doubles the work) and so is not used. The fast path loops over networks only for
-  the two convolutions (the skip term folded into the long kernel, the projection
-  fused into ``baddbmm``) and does GELU, mean and LayerNorm once for all networks.
+- :meth:`SemanticTokenizer.forward`: the default path. Batching the *convolutions*
+  across networks (grouped conv with networks padded to the largest R_n, or padded
+  ``bmm``) was measured 1.5-1.8x slower on CPU at D=768 (R_n ranges 7..91, so padding
+  nearly doubles the work) and is not used. The default path loops over networks only
+  for the two convolutions (skip term folded into the long kernel, projection fused
+  into ``baddbmm``) and does GELU, mean and LayerNorm once for all networks. On CPU it
+  is about 20 % faster than the reference at D=64 and within noise of it at D=768,
+  where the tokenizer is ~10 % of the encoder's time (the transformer dominates).
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Benchmark: our encoder vs a straightforward per-network implementation of the same spec.
+
+Released size (D=768, 8 blocks, 12 heads, 9 networks of 61..7 channels, 457 channels),
+random weights, CPU float32, ``torch.set_num_threads(2)``. Both variants share the
+weights; they differ in the tokenizer: ours (skip term folded into the long kernel,
+projection fused into ``baddbmm``, GELU/mean/LayerNorm once for all networks) vs the
+literal per-network module loop (:meth:`SemanticTokenizer.forward_reference`). Runs are
+interleaved and the best of ``--repeats`` is reported, so both see the same machine load.
+
+Usage::
+
+    python benchmarks/encoder_speed.py               # batch 64 crops, 7 repeats
+    python benchmarks/encoder_speed.py --quick       # batch 16, 3 repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bids_semantoks.atlas import DEFAULT_NETWORK_ORDER
+from bids_semantoks.model import Encoder, model_preset
+
+SIZES = [61, 77, 46, 47, 26, 52, 91, 50, 7]
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64, help="crops per forward for the throughput rows")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="batch 16, 3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.repeats = 16, 3
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    network_map = np.repeat(np.arange(len(SIZES)), SIZES).tolist()
+    enc = Encoder(model_preset("base", list(DEFAULT_NETWORK_ORDER), network_map)).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, len(network_map), 100, generator=gen)
+    subject = x[:8]
+
+    def run(reference: bool, fn):
+        enc.reference = reference
+        try:
+            return fn()
+        finally:
+            enc.reference = False
+
+    with torch.inference_mode():
+        diff_tok = float((enc.tokenizer(x) - enc.tokenizer.forward_reference(x)).abs().max())
+        diff_enc = float((run(False, lambda: enc(x)) - run(True, lambda: enc(x))).abs().max())
+        rows = {}
+        for name, reference in (("straightforward (per-network loop)", True), ("ours", False)):
+            rows[name] = {
+                "tokenizer": best_time(lambda: run(reference, lambda: enc.tokenize(x)), args.repeats),
+                "encoder": best_time(lambda: run(reference, lambda: enc(x)), args.repeats),
+                "subject": best_time(lambda: run(reference, lambda: enc(subject)), args.repeats),
+            }
+
+    n = args.batch
+    print(f"Encoder speed, CPU float32, {torch.get_num_threads()} threads, D=768 depth 8, "
+          f"{len(network_map)} channels, batch {n} crops, best of {args.repeats}")
+    print(f"{'variant':36s} {'tokenizer crops/s':>18s} {'encoder crops/s':>16s} {'8 crops (s)':>12s}")
+    for name, r in rows.items():
+        print(f"{name:36s} {n / r['tokenizer']:18.1f} {n / r['encoder']:16.1f} {r['subject']:12.3f}")
+    base, ours = rows["straightforward (per-network loop)"], rows["ours"]
+    print(f"{'speed-up (ours / straightforward)':36s} {base['tokenizer'] / ours['tokenizer']:17.2f}x "
+          f"{base['encoder'] / ours['encoder']:15.2f}x {base['subject'] / ours['subject']:11.2f}x")
+    print(f"max abs difference: tokenizer {diff_tok:.2e}, encoder tokens {diff_enc:.2e} (limit 1e-5)")
+    if max(diff_tok, diff_enc) > 1e-5:
+        raise SystemExit("FAIL: the two implementations differ by more than 1e-5")
+
+
+if __name__ == "__main__":
+    main()
