@@ -218,6 +218,8 @@ def permutation_null(
     (``cv_args`` are the keyword arguments of :func:`~.cv.outer_cv`).
     """
     y = np.asarray(y)
+    if task == "classification" and classes is None:
+        classes = sorted(np.unique(y).tolist())
     rng = np.random.default_rng(seed + 7919)
     groups = cv_args.get("groups")
     jobs, owner = [], []

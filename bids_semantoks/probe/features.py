@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from bids_semantoks.errors import DataError, MissingInputError, UsageError
 
@@ -520,7 +521,8 @@ class ConnectomeFeatures(FeatureSet):
         if kind == "correlation":
             todo = [lab for lab in self.labels if lab not in self._cache]
             if todo:
-                vecs = _measure("correlation").fit_transform([series[lab] for lab in todo])
+                with threadpool_limits(limits=1):  # 200 x 200 problems: threads only add overhead
+                    vecs = _measure("correlation").fit_transform([series[lab] for lab in todo])
                 self._cache.update(zip(todo, vecs))
 
     def subset(self, labels: list[str]) -> "ConnectomeFeatures":

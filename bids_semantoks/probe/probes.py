@@ -16,7 +16,9 @@ expressed relative to it: ``C = c / p`` for the logistic regression (``c`` in
 :data:`RIDGE_GRID`). The same grid then suits 1536 embedding features and
 20 000 connectome edges.
 
-Speed: the logistic path over ``C`` is walked from strong to weak
+Speed: when there are fewer training rows than features the logistic
+regression is fitted in the row space of the training matrix (exact, see
+:func:`_row_space_basis`); the path over ``C`` is walked from strong to weak
 regularisation with warm starts (L-BFGS), and BLAS is kept to one thread per
 worker (multi-threaded BLAS is ~40x slower on these small matrix-vector
 products); parallelism is over folds instead. Ridge uses the closed-form
@@ -90,7 +92,11 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         X = np.asarray(X, dtype=float)
         y = np.asarray(y)
         self.classes_ = np.unique(y)
+        self.n_features_in_ = X.shape[1]
         Cs = np.asarray(self.grid, dtype=float) / X.shape[1]
+        self.basis_ = _row_space_basis(X) if X.shape[0] < X.shape[1] else None
+        if self.basis_ is not None:
+            X = X @ self.basis_
         splits = inner_splits(y, "classification", self.inner_folds, groups=groups, seed=self.random_state)
         scores = np.full((len(splits), len(Cs)), np.nan)
         with warnings.catch_warnings():
@@ -112,21 +118,43 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
             self.c_relative_ = float(self.grid[best])
             self.cv_scores_ = scores
             self.model_ = self._model(self.C_).fit(X, y)
-        self.n_features_in_ = X.shape[1]
+        coef = self.model_.coef_
+        self.coef_ = coef @ self.basis_.T if self.basis_ is not None else coef
+        self.intercept_ = self.model_.intercept_
         return self
 
+    def _project(self, X):
+        X = np.asarray(X, dtype=float)
+        return X @ self.basis_ if self.basis_ is not None else X
+
     def decision_function(self, X):
-        return self.model_.decision_function(X)
+        return self.model_.decision_function(self._project(X))
 
     def predict_proba(self, X):
-        return self.model_.predict_proba(X)
+        return self.model_.predict_proba(self._project(X))
 
     def predict(self, X):
-        return self.model_.predict(X)
+        return self.model_.predict(self._project(X))
 
     @property
     def hyperparameter_(self) -> str:
         return f"C={self.C_:.3g}"
+
+
+def _row_space_basis(X: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """Orthonormal basis (p, r) of the row space of X, from the n x n Gram matrix.
+
+    An L2-penalised linear model (penalty on the weights only) has its weights
+    in the row space of its training matrix (representer theorem), and the
+    rows of any subset of X lie in X's row space. Fitting on ``X @ basis``
+    (n x r instead of n x p) therefore gives exactly the same predictions,
+    for the outer fit and for every inner-CV fit, at a fraction of the cost
+    when ``n < p`` (e.g. 20 000 connectome edges).
+    """
+    gram = X @ X.T
+    eigval, eigvec = np.linalg.eigh(gram)
+    keep = eigval > rtol * max(eigval.max(), np.finfo(float).tiny)
+    return (X.T @ eigvec[:, keep]) / np.sqrt(eigval[keep])
 
 
 def _weighted_log_loss(decision: np.ndarray, truth: np.ndarray, weight: np.ndarray) -> float:
