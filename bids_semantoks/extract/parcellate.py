@@ -104,7 +104,11 @@ def _volume_data(img, shape3, affine, name_bold: str, what: str) -> np.ndarray:
             f"(shape {shp} vs {tuple(shape3[:3])}); resample it to the BOLD grid first"
         )
     if data is None:
-        data = np.asanyarray(img.dataobj)
+        try:
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:  # zlib.error, EOFError, OSError, ValueError for a damaged file
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{name}: cannot read the {what} image data ({msg}); the file is corrupt, replace it") from exc
     data = np.asarray(data).reshape(shp)
     if data.dtype.kind not in "biuf":
         raise DataError(f"{name}: unsupported {what} data type {data.dtype}")
@@ -196,14 +200,22 @@ def resample_labels_to(labels_img, target_img) -> nib.Nifti1Image:
         return labels
     if len(labels.shape) == 4:
         labels = labels.slicer[..., 0]
-    return resample_img(
-        labels,
-        target_affine=np.asarray(target.affine, dtype=float),
-        target_shape=tshape[:3],
-        interpolation="nearest",
-        force_resample=True,
-        copy_header=True,
-    )
+    from nilearn.image.resampling import BoundingBoxError
+
+    try:
+        return resample_img(
+            labels,
+            target_affine=np.asarray(target.affine, dtype=float),
+            target_shape=tshape[:3],
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=True,
+        )
+    except BoundingBoxError:
+        raise DataError(
+            f"{image_name(target)}: the atlas does not overlap the BOLD grid (affine {np.round(target.affine[:3, 3], 1).tolist()}); "
+            "the run is not in the atlas space: check its space- entity and --space"
+        ) from None
 
 
 def region_coverage(labels_data, mask_data, indices, atlas_labels_data_ref=None) -> np.ndarray:
@@ -387,6 +399,11 @@ def extract_regions(
     lab_data = _volume_data(labels, shape, affine, name, "atlas")
     mask_data = _volume_data(mask_img, shape, affine, name, "mask")
     idx = _check_indices(indices, image_name(labels_img))
+    if not np.isin(lab_data, idx).any():
+        raise DataError(
+            f"{name}: no atlas region lies on the BOLD grid; the run is not in the atlas space: "
+            "check its space- entity and --space"
+        )
     coverage = region_coverage(lab_data, mask_data, idx)
     signals, n_vox = region_means(bold, lab_data, idx, mask=mask_data)
     bad = (coverage < float(min_coverage)) | (n_vox == 0)
