@@ -91,7 +91,7 @@ def extract_step(job: dict[str, Any]) -> str | None:
         conf, sample_mask, mean_fd = load_confounds(
             run.bold, run.confounds, st["denoise_strategy"], st["fd_thresh"], st["std_dvars_thresh"], n_vol
         ) if run.confounds is not None else (None, None, None)
-        mask_img = nib.load(str(run.mask)) if run.mask else None
+        mask_img = str(run.mask) if run.mask else None  # read (and checked) by extract_regions
         signals, coverage, missing_idx = extract_regions(
             bold_img, nib.load(atlas["dseg"]), list(atlas["indices"]), mask_img=mask_img,
             min_coverage=st["min_coverage"],
@@ -106,6 +106,11 @@ def extract_step(job: dict[str, Any]) -> str | None:
         LOGGER.warning("%s: run dropped: %s", run.bold.name, res.dropped_reason)
         return None
     all_nan = ~np.isfinite(res.data).all(axis=0)
+    if all_nan.all():
+        raise DataError(
+            f"{run.bold}: no region has a usable signal (the data are empty, constant or outside the brain mask); "
+            "check the file, or rerun fMRIPrep for this run"
+        )
     frame = pd.DataFrame(res.data.astype(np.float32), columns=list(names))
     sidecar = {
         "Description": "Regional mean BOLD series, denoised, band-passed, resampled to the model TR and "
