@@ -34,9 +34,12 @@ def _extract_node(job, error_dir):
 
     try:
         return extract_step(job)
-    except BidsAppError as exc:
+    except Exception as exc:  # a user error (BidsAppError) or a bug: either way, name the run's file
+        code, msg = (exc.code, str(exc)) if isinstance(exc, BidsAppError) else (
+            1, f"{job['run']['bold']}: unexpected error while extracting ({type(exc).__name__}: "
+               f"{' '.join(str(exc).split())[:300]}); see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
         Path(error_dir).mkdir(parents=True, exist_ok=True)
-        Path(error_dir, job["name"] + "_extract.json").write_text(json.dumps({"code": exc.code, "message": str(exc)}))
+        Path(error_dir, job["name"] + "_extract.json").write_text(json.dumps({"code": code, "message": msg}))
         raise
 
 
@@ -49,9 +52,12 @@ def _embed_node(job, timeseries, error_dir):
 
     try:
         return embed_step(job, timeseries)
-    except BidsAppError as exc:
+    except Exception as exc:  # a user error (BidsAppError) or a bug: either way, name the run's file
+        code, msg = (exc.code, str(exc)) if isinstance(exc, BidsAppError) else (
+            1, f"{timeseries}: unexpected error while embedding ({type(exc).__name__}: "
+               f"{' '.join(str(exc).split())[:300]}); see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
         Path(error_dir).mkdir(parents=True, exist_ok=True)
-        Path(error_dir, job["name"] + "_embed.json").write_text(json.dumps({"code": exc.code, "message": str(exc)}))
+        Path(error_dir, job["name"] + "_embed.json").write_text(json.dumps({"code": code, "message": msg}))
         raise
 
 
