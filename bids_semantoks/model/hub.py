@@ -9,16 +9,15 @@ a corrupted or replaced file is refused. A cached, verified file needs no networ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 from filelock import FileLock
 
+from bids_semantoks.atlas.fetch import sha256_of, write_atomic
 from bids_semantoks.errors import DataError, OutputError
 from bids_semantoks.model.checkpoint import ModelNotAvailable, _one_line
 
@@ -36,11 +35,7 @@ def _data_dir(data_dir: str | Path | None) -> Path:
 
 @lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -61,10 +56,7 @@ def _write_record(target: Path, source: str) -> None:
         "source": source,
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".sha256.", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, _record_path(target))
+    write_atomic(_record_path(target), (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def _verify(target: Path) -> None:
