@@ -163,7 +163,7 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
             f.unlink()
     nipype_config.update_config({
         "execution": {"crashfile_format": "txt", "stop_on_first_crash": "false", "remove_unnecessary_outputs": "false",
-                      "hash_method": "content", "create_report": "false", "use_relative_paths": "false"},
+                      "hash_method": "timestamp", "create_report": "false", "use_relative_paths": "false"},
         "logging": {"workflow_level": "INFO" if settings.run.verbose > 1 else "WARNING",
                     "interface_level": "WARNING", "utils_level": "WARNING"},
         "monitoring": {"enabled": "false"},
