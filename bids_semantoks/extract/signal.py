@@ -79,6 +79,14 @@ def load_confounds(bold: Path, confounds: Path, strategy: str, fd_thresh: float,
             f"{confounds}: {len(frame)} rows but the BOLD run has {n_volumes} volumes; "
             "the confounds file belongs to another run"
         )
+    for col in frame.columns:  # "n/a" is already NaN: anything else non-numeric is damage
+        bad = np.flatnonzero(pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna())
+        if frame[col].dtype == object and bad.size:
+            row = int(bad[0])
+            raise DataError(
+                f"{confounds}: non-numeric value {frame[col].iloc[row]!r} in column '{col}' (line {row + 2}); "
+                "fix the file or regenerate it with fMRIPrep"
+            )
     kwargs: dict[str, Any] = {}
     if strategy == "scrubbing":
         kwargs = {"fd_threshold": fd_thresh, "std_dvars_threshold": std_dvars_thresh}
@@ -92,7 +100,8 @@ def load_confounds(bold: Path, confounds: Path, strategy: str, fd_thresh: float,
             f"{confounds}: unusable for --denoise-strategy {strategy} ({msg}); "
             "check the file or choose another strategy"
         ) from exc
-    if conf is not None and not np.isfinite(conf.to_numpy(dtype=float)).all():
+    kept = conf if conf is None or sample_mask is None else conf.iloc[np.asarray(sample_mask, dtype=int)]
+    if kept is not None and not np.isfinite(kept.to_numpy(dtype=float)).all():  # (all censored: NaN, dropped later)
         raise DataError(f"{confounds}: non-numeric or infinite values in the selected confounds; fix the file")
     return conf, sample_mask, _mean_fd(confounds)
 
