@@ -81,7 +81,7 @@ def load_confounds(bold: Path, confounds: Path, strategy: str, fd_thresh: float,
         )
     for col in frame.columns:  # "n/a" is already NaN: anything else non-numeric is damage
         bad = np.flatnonzero(pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna())
-        if frame[col].dtype == object and bad.size:
+        if not pd.api.types.is_numeric_dtype(frame[col]) and bad.size:
             row = int(bad[0])
             raise DataError(
                 f"{confounds}: non-numeric value {frame[col].iloc[row]!r} in column '{col}' (line {row + 2}); "
