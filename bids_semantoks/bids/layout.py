@@ -224,7 +224,7 @@ def _tr_from_sidecar(meta: dict[str, Any], path: Path) -> float:
     return tr
 
 
-def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInputs]:
+def collect_runs(layout, settings, check_subjects: bool = True, errors: list | None = None) -> list[RunInputs]:
     """Find every run selected by the settings.
 
     Raises
@@ -233,6 +233,9 @@ def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInput
         An unknown participant label.
     NothingSelectedError
         Filters that select no run.
+    DataError, MissingInputError
+        A run with a bad or missing sidecar/confounds/mask; when ``errors`` is a list, such runs
+        are skipped and ``(entities, error)`` appended to it instead, so other runs go on.
     """
     root = Path(layout.root)
     subjects = set(layout.get_subjects())
@@ -247,7 +250,7 @@ def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInput
             )
     query = {**_selection(settings), **settings.bids_filters.get("bold", {})}
     if settings.input_type == "timeseries":
-        return _collect_timeseries(layout, settings, query)
+        return _collect_timeseries(layout, settings, query, errors)
     files = layout.get(
         return_type="object",
         desc="preproc",
@@ -270,41 +273,51 @@ def collect_runs(layout, settings, check_subjects: bool = True) -> list[RunInput
     runs = []
     for f in files:
         ents = {k: str(f.entities[k]) for k in RUN_ENTITIES if k in f.entities}
-        path = Path(f.path)
-        sidecar = _sidecar(path)
-        meta = _read_json(sidecar) if sidecar else {}
-        if not sidecar:
-            raise MissingInputError(
-                f"{path}: no JSON sidecar found; fMRIPrep writes one with RepetitionTime next to each BOLD"
-            )
-        tr = _tr_from_sidecar(meta, sidecar)
-        run_query = {k: v for k, v in ents.items() if k in RUN_ENTITIES}
-        confounds = _one(
-            layout.get(desc="confounds", suffix="timeseries", extension=".tsv", **_exact(run_query)),
-            "confounds",
-        )
-        space = f.entities.get("space")
-        res = f.entities.get("res")
-        mask = _one(
-            layout.get(
-                desc="brain", suffix="mask", extension=[".nii.gz", ".nii"], space=space,
-                res=res if res is not None else _none(), **_exact(run_query),
-            ),
-            "mask",
-        )
-        if settings.denoise_strategy != "none" and confounds is None:
-            raise MissingInputError(
-                f"{path}: no desc-confounds_timeseries.tsv found for this run; rerun fMRIPrep or "
-                "use --denoise-strategy none"
-            )
-        runs.append(
-            RunInputs(entities=ents, bold=path, tr=tr, confounds=confounds, mask=mask, space=space,
-                      res=str(res) if res is not None else None, metadata=meta)
-        )
+        try:
+            runs.append(_run_inputs(layout, f, ents, settings))
+        except (DataError, MissingInputError) as exc:
+            if errors is None:
+                raise
+            errors.append((ents, exc))
     return sorted(runs, key=lambda r: r.name)
 
 
-def _collect_timeseries(layout, settings, query) -> list[RunInputs]:
+def _run_inputs(layout, f, ents: dict[str, str], settings) -> RunInputs:
+    """The inputs of one BOLD run (sidecar, TR, confounds, mask), checked."""
+    path = Path(f.path)
+    sidecar = _sidecar(path)
+    meta = _read_json(sidecar) if sidecar else {}
+    if not sidecar:
+        raise MissingInputError(
+            f"{path}: no JSON sidecar found; fMRIPrep writes one with RepetitionTime next to each BOLD"
+        )
+    tr = _tr_from_sidecar(meta, sidecar)
+    run_query = {k: v for k, v in ents.items() if k in RUN_ENTITIES}
+    confounds = _one(
+        layout.get(desc="confounds", suffix="timeseries", extension=".tsv", **_exact(run_query)),
+        "confounds",
+    )
+    space = f.entities.get("space")
+    res = f.entities.get("res")
+    mask = _one(
+        layout.get(
+            desc="brain", suffix="mask", extension=[".nii.gz", ".nii"], space=space,
+            res=res if res is not None else _none(), **_exact(run_query),
+        ),
+        "mask",
+    )
+    if settings.denoise_strategy != "none" and confounds is None:
+        raise MissingInputError(
+            f"{path}: no desc-confounds_timeseries.tsv found for this run; rerun fMRIPrep or "
+            "use --denoise-strategy none"
+        )
+    return (
+        RunInputs(entities=ents, bold=path, tr=tr, confounds=confounds, mask=mask, space=space,
+                  res=str(res) if res is not None else None, metadata=meta)
+    )
+
+
+def _collect_timeseries(layout, settings, query, errors: list | None = None) -> list[RunInputs]:
     root = Path(layout.root)
     files = layout.get(
         return_type="object", suffix="timeseries", extension=".tsv",
@@ -319,14 +332,20 @@ def _collect_timeseries(layout, settings, query) -> list[RunInputs]:
     runs = []
     for f in files:
         path = Path(f.path)
-        sidecar = _sidecar(path)
-        if sidecar is None:
-            raise MissingInputError(
-                f"{path}: no JSON sidecar; add one with SamplingFrequency (Hz) or RepetitionTime (s)"
-            )
-        meta = _read_json(sidecar)
-        tr = _tr_from_sidecar(meta, sidecar)
         ents = {k: str(f.entities[k]) for k in RUN_ENTITIES if k in f.entities}
+        try:
+            sidecar = _sidecar(path)
+            if sidecar is None:
+                raise MissingInputError(
+                    f"{path}: no JSON sidecar; add one with SamplingFrequency (Hz) or RepetitionTime (s)"
+                )
+            meta = _read_json(sidecar)
+            tr = _tr_from_sidecar(meta, sidecar)
+        except (DataError, MissingInputError) as exc:
+            if errors is None:
+                raise
+            errors.append((ents, exc))
+            continue
         runs.append(RunInputs(entities=ents, bold=path, tr=tr, space=f.entities.get("space"), metadata=meta))
     return sorted(runs, key=lambda r: r.name)
 
