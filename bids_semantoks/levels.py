@@ -145,7 +145,14 @@ def run_participant(settings: Settings) -> None:
         database_dir=settings.run.bids_database_dir or wdir / "bids_db",
         ignore_dirs=[settings.output_dir, wdir],
     )
-    runs = bids_layout.collect_runs(layout, st)
+    skipped: list = []  # (entities, error) of runs with bad sidecars/confounds: the others go on
+    runs = bids_layout.collect_runs(layout, st, errors=skipped)
+    bad_keys = {(e.get("subject"), e.get("session")) for e, _ in skipped}
+    for ents, exc in skipped:
+        LOGGER.error("sub-%s: skipped: %s", ents.get("subject"), exc)
+    runs = [r for r in runs if (r.subject, r.entities.get("session")) not in bad_keys]  # no partial subject mean
+    if not runs and skipped:
+        raise skipped[0][1]
     LOGGER.info("found %d run(s) of %d subject(s)", len(runs), len({r.subject for r in runs}))
     model = resolve_model(settings, atlas)
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=_citation(resolved, model))
@@ -155,7 +162,7 @@ def run_participant(settings: Settings) -> None:
             settings.to_json() + "\n")
     jobs = plan_jobs(runs, atlas, settings, model)
     failures = run_workflow(jobs, settings, wdir)
-    error = failures_summary(failures)
+    error = failures_summary([(exc.code, str(exc)) for _, exc in skipped] + failures)
     if error is not None:
         raise error
 
