@@ -261,7 +261,10 @@ def load_authors_encoder(
     obj = read_torch_file(path)
     state = checkpoint_filter_fn(_model_state(obj, path), prefix)
     saved = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else None
-    config = config_from_state(state, network_map, saved, network_names)
+    try:
+        config = config_from_state(state, network_map, saved, network_names)
+    except DataError as exc:  # name the file: the user may have passed several models
+        raise DataError(f"{path}: {exc}") from None
     _check_sl_sizes(config, state, path)
     encoder = Encoder(config)
     load_state_checked(encoder, state, path)
