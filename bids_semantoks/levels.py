@@ -18,7 +18,7 @@ from typing import Any
 from bids_semantoks.bids import layout as bids_layout
 from bids_semantoks.bids import outputs
 from bids_semantoks.config import Settings
-from bids_semantoks.errors import MissingInputError, OutputError, UsageError
+from bids_semantoks.errors import DataError, MissingInputError, OutputError, UsageError
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -103,7 +103,11 @@ def resolve_model(settings: Settings, atlas: dict[str, Any]) -> dict[str, Any] |
         source = str(path)
         meta: dict[str, Any] = {}
         if path.is_dir() and (path / "config.json").is_file():
-            meta = json.loads((path / "config.json").read_text())
+            try:
+                meta = json.loads((path / "config.json").read_text())
+            except (ValueError, OSError) as exc:
+                raise DataError(f"{path / 'config.json'}: unreadable model config ({exc}); "
+                                "copy the model folder again") from None
         is_demo = bool(meta.get("metadata", {}).get("demo", False) or meta.get("demo", False))
         label = outputs.sanitize_label(path.name if path.is_dir() else path.stem)
     encoder = load_encoder(path, network_map=np.asarray(atlas["channel_networks"]), data_dir=data_dir)
