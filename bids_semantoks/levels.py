@@ -143,6 +143,7 @@ def run_participant(settings: Settings) -> None:
     _check_output_dir(settings.output_dir)
     resolved, atlas = resolve_atlas(settings)
     wdir = work_dir(settings)
+    _check_output_dir(wdir, "the work directory (-w)")
     layout = bids_layout.index(
         settings.bids_dir,
         participant_labels=st.participant_label,
@@ -160,10 +161,19 @@ def run_participant(settings: Settings) -> None:
     LOGGER.info("found %d run(s) of %d subject(s)", len(runs), len({r.subject for r in runs}))
     model = resolve_model(settings, atlas)
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=_citation(resolved, model))
+    unwritable: set[str] = set()
     for subject in sorted({r.subject for r in runs}):
-        outputs.write_text_if_changed(
-            Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
-            settings.to_json() + "\n")
+        try:
+            outputs.write_text_if_changed(
+                Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
+                settings.to_json() + "\n")
+        except OutputError as exc:  # this subject's folder cannot be written: the others go on
+            LOGGER.error("sub-%s: skipped: %s", subject, exc)
+            skipped.append(({"subject": subject}, exc))
+            unwritable.add(subject)
+    runs = [r for r in runs if r.subject not in unwritable]
+    if not runs:
+        raise skipped[0][1]
     jobs = plan_jobs(runs, atlas, settings, model)
     failures = run_workflow(jobs, settings, wdir)
     error = failures_summary([(exc.code, str(exc)) for _, exc in skipped] + failures)
@@ -171,13 +181,13 @@ def run_participant(settings: Settings) -> None:
         raise error
 
 
-def _check_output_dir(output_dir: Path) -> None:
+def _check_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{output_dir}: cannot create OUTPUT_DIR ({exc.strerror}); choose a writable folder") from exc
+        raise OutputError(f"{output_dir}: cannot create {what} ({exc.strerror}); choose a writable folder") from exc
     if not os.access(output_dir, os.W_OK):
-        raise OutputError(f"{output_dir}: OUTPUT_DIR is not writable; fix its permissions or choose another folder")
+        raise OutputError(f"{output_dir}: {what} is not writable; fix its permissions or choose another folder")
 
 
 def _citation(resolved, model: dict[str, Any] | None) -> str:
