@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedError, UsageError
+from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedError, OutputError, UsageError
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -157,7 +157,15 @@ def index(
             database_path=database_path,
         )
     except Exception as exc:  # pybids raises plain ValueError/BIDSValidationError variants
-        raise DataError(f"{bids_dir}: pybids could not index the dataset ({exc})") from exc
+        text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # sqlalchemy: the sqlite error, no SQL
+        storage = isinstance(exc, OSError) or any(
+            s in text for s in ("disk is full", "readonly database", "read-only", "unable to open database"))
+        if database_path is not None and storage:  # the database folder, not the dataset, is at fault
+            raise OutputError(
+                f"{database_path}: cannot write the pybids database ({text[:200]}); "
+                "free space or choose a writable --work-dir / --bids-database-dir"
+            ) from exc
+        raise DataError(f"{bids_dir}: pybids could not index the dataset ({text[:300]})") from exc
 
 
 def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
