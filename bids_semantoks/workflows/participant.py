@@ -231,10 +231,30 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
     for f in sorted(error_dir.glob("*.json")):
         rec = json.loads(f.read_text())
         failures.append((int(rec["code"]), rec["message"]))
-    if progress.failed and not failures:
-        failures.append((1, f"{progress.failed} step(s) crashed; see the crash files under OUTPUT_DIR/sub-*/log/"))
+    if progress.failed and not failures:  # nipype itself failed (our steps record their errors)
+        full = _cannot_write(work_dir)
+        if full:
+            failures.append((73, f"{work_dir}: cannot write the work directory ({full}); "
+                                 "free space or choose another --work-dir"))
+        else:
+            failures.append((1, f"{progress.failed} step(s) crashed; see the crash files under OUTPUT_DIR/sub-*/log/"))
     del all_jobs
     return failures
+
+
+def _cannot_write(folder: Path, size: int = 1 << 20) -> str | None:
+    """Why ``folder`` cannot take ``size`` more bytes (strerror), or None when it can."""
+    import os
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as fh:
+            fh.write(b"\0" * size)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _mean_path(settings, key, job) -> Path:
