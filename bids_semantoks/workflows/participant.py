@@ -158,9 +158,10 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
 
     work_dir.mkdir(parents=True, exist_ok=True)
     error_dir = work_dir / "errors"
-    if error_dir.exists():
-        for f in error_dir.glob("*.json"):
-            f.unlink()
+    # only this job's records: parallel jobs (a SLURM array) may share the work dir
+    own_errors = [error_dir / f"{j['name']}_{step}.json" for j in jobs for step in ("extract", "embed")]
+    for f in own_errors:
+        f.unlink(missing_ok=True)
     nipype_config.update_config({
         "execution": {"crashfile_format": "txt", "stop_on_first_crash": "false", "remove_unnecessary_outputs": "false",
                       "hash_method": "timestamp", "create_report": "false", "use_relative_paths": "false"},
@@ -228,9 +229,10 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
             wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError:
         pass  # nipype raises after all runnable nodes finished; we report below
-    for f in sorted(error_dir.glob("*.json")):
-        rec = json.loads(f.read_text())
-        failures.append((int(rec["code"]), rec["message"]))
+    for f in sorted(own_errors):
+        if f.is_file():
+            rec = json.loads(f.read_text())
+            failures.append((int(rec["code"]), rec["message"]))
     if progress.failed and not failures:  # nipype itself failed (our steps record their errors)
         full = _cannot_write(work_dir)
         if full:
