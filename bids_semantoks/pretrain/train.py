@@ -209,6 +209,7 @@ def train(
             atomic_write_text(epoch_header, epoch_log_path)
     barrier(info)
 
+    nan = torch.tensor(float("nan"), device=device)  # placeholder of terms not computed on a step
     progress = monitor.make_progress(options.progress and info.is_main)
     if progress is not None:
         progress.start()
@@ -257,7 +258,6 @@ def train(
                     options.coding_rate_eps, gather,
                 )
                 loss = l_cls
-                nan = torch.tensor(float("nan"), device=device)
                 l_tok = l_ttr = ttr_align = ttr_rate = nan
                 if masked:
                     l_tok = masked_token_loss(s_out["tokens"], t_out["tokens"], mask.view(-1, n_tokens))

@@ -1,0 +1,194 @@
+"""Does pre-training learn? Pre-train on ABIDE (CC200), then linear probes vs random weights.
+
+Steps (CPU, a few minutes):
+
+1. Read ``../shared/data/abide_cc200`` in place (349 participants, NYU/UM_1 at TR 2 s,
+   KKI at TR 2.5 s) with :func:`load_runs_from_derivatives` and the default preparation
+   (resample to 2 s, z-score per region). Networks: the 9 labels of
+   ``atlas-CC200_dseg.tsv`` (``AtlasTable.from_tsv``).
+2. Pre-train a small encoder with :func:`run_pretrain` (options below; all 349
+   participants, no labels used).
+3. Embed every participant with the pre-trained teacher (``load_encoder`` on the model
+   folder) and with the *same architecture at its random initialisation*: 8 evenly
+   spaced 100-TR crops per run, ``encoder_features(...)["cls_avg"]`` per crop, mean over
+   crops.
+4. Linear probes on the subject embeddings (standardised):
+   - dx (ASD vs TC): logistic regression, leave-one-site-out (3 folds), balanced accuracy;
+   - sex: logistic regression (class-balanced), stratified 5-fold, balanced accuracy;
+   - age: ridge regression, 5-fold, Pearson r and MAE (years).
+   Regularisation is chosen by inner 5-fold CV (LogisticRegressionCV / RidgeCV).
+   For reference the same probes on functional connectivity (Fisher-z correlations of
+   the 200 regions, upper triangle, reduced to 128 principal components inside each
+   training fold to keep the CPU time small) are also reported.
+
+Usage::
+
+    python benchmarks/abide_pretrain_probe.py --out /tmp/abide_pt [--epochs 30] [--size tiny]
+
+Writes ``<out>/probe_results.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
+from sklearn.model_selection import KFold, LeaveOneGroupOut, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from bids_semantoks.atlas import AtlasTable
+from bids_semantoks.model import Encoder, encoder_features, load_encoder
+from bids_semantoks.pretrain import load_options, load_runs_from_derivatives, run_pretrain
+from bids_semantoks.pretrain.run import build_encoder_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ABIDE = ROOT / ".." / "shared" / "data" / "abide_cc200"
+
+
+def crop_starts(length: int, n_crops: int = 8, crop: int = 100) -> np.ndarray:
+    """Evenly spaced starts, ``linspace(0, L - 100, 8)`` truncated (MODEL_SPEC section 4)."""
+    return np.linspace(0, max(length - crop, 0), n_crops).astype(int)
+
+
+@torch.no_grad()
+def embed_subjects(encoder: Encoder, runs) -> dict[str, np.ndarray]:
+    """Subject-mean ``cls_avg`` over 8 crops of every run."""
+    encoder.eval()
+    per_subject: dict[str, list[np.ndarray]] = {}
+    for r in runs:
+        x = np.nan_to_num(r.data.T)  # [C, T]
+        if x.shape[1] < 100:
+            x = np.pad(x, ((0, 0), (0, 100 - x.shape[1])))
+        crops = np.stack([x[:, s : s + 100] for s in crop_starts(x.shape[1])])
+        feats = encoder_features(encoder(torch.from_numpy(crops).float()))["cls_avg"].numpy()
+        per_subject.setdefault(r.subject, []).append(feats)
+    return {s: np.concatenate(v).mean(0) for s, v in per_subject.items()}
+
+
+def fc_features(runs) -> dict[str, np.ndarray]:
+    out = {}
+    iu = None
+    for r in runs:
+        c = np.corrcoef(np.nan_to_num(r.data).T)
+        c = np.nan_to_num(c)
+        iu = iu or np.triu_indices_from(c, 1)
+        out[r.subject] = np.arctanh(np.clip(c[iu], -0.999, 0.999))
+    return out
+
+
+def probe(x: np.ndarray, pheno: pd.DataFrame, seed: int = 0, pca: int | None = None) -> dict[str, float]:
+    res = {}
+    cs = np.logspace(-4, 2, 7)
+
+    def make_pipeline(*steps):  # optional PCA after the scaler (FC reference)
+        from sklearn.decomposition import PCA
+        from sklearn.pipeline import make_pipeline as mp
+
+        return mp(steps[0], PCA(pca, random_state=seed), *steps[1:]) if pca else mp(*steps)
+
+    y_dx = (pheno["dx"] == "ASD").to_numpy().astype(int)
+    pred = np.zeros_like(y_dx)
+    for tr, te in LeaveOneGroupOut().split(x, y_dx, pheno["site"]):
+        clf = make_pipeline(StandardScaler(), LogisticRegressionCV(
+            Cs=cs, cv=5, class_weight="balanced", scoring="balanced_accuracy", max_iter=2000))
+        pred[te] = clf.fit(x[tr], y_dx[tr]).predict(x[te])
+    res["dx_bacc_leave_site_out"] = balanced_accuracy_score(y_dx, pred)
+    y_sex = (pheno["sex"] == "F").to_numpy().astype(int)
+    pred = np.zeros_like(y_sex)
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y_sex):
+        clf = make_pipeline(StandardScaler(), LogisticRegressionCV(
+            Cs=cs, cv=5, class_weight="balanced", scoring="balanced_accuracy", max_iter=2000))
+        pred[te] = clf.fit(x[tr], y_sex[tr]).predict(x[te])
+    res["sex_bacc_5fold"] = balanced_accuracy_score(y_sex, pred)
+    y_age = pheno["age"].to_numpy(float)
+    pred_age = np.zeros_like(y_age)
+    for tr, te in KFold(5, shuffle=True, random_state=seed).split(x):
+        reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+        pred_age[te] = reg.fit(x[tr], y_age[tr]).predict(x[te])
+    res["age_r_5fold"] = float(np.corrcoef(y_age, pred_age)[0, 1])
+    res["age_mae_5fold"] = mean_absolute_error(y_age, pred_age)
+    return {k: float(v) for k, v in res.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=ABIDE)
+    ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true", help="reuse an existing model folder in --out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    atlas = AtlasTable.from_tsv(args.data / "atlas-CC200" / "atlas-CC200_dseg.tsv")
+    t0 = time.perf_counter()
+    runs = load_runs_from_derivatives(args.data, [atlas.label])
+    t_load = time.perf_counter() - t0
+    pheno = pd.read_csv(args.data / "participants.tsv", sep="\t")
+    pheno["subject"] = pheno["participant_id"].str.removeprefix("sub-")
+
+    options = load_options("small", overrides={
+        "model_size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "seed": args.seed, "name": f"abide_{args.size}", "device": "cpu", "checkpoint_every": max(args.epochs, 1),
+        "warmup_epochs": max(1.0, 0.05 * args.epochs), "progress": False,
+    })
+    kw = dict(network_names=list(atlas.networks), channel_networks=atlas.network_index.tolist(),
+              channel_names=list(atlas.names), atlas_label=atlas.label)
+    folder = args.out / "models" / options.name
+    t0 = time.perf_counter()
+    if not (args.reuse and (folder / "model.safetensors").is_file()):
+        folder = run_pretrain(options, runs, args.out, **kw)
+    t_train = time.perf_counter() - t0
+
+    trained = load_encoder(folder)
+    torch.manual_seed(options.seed)
+    random_init = Encoder(build_encoder_config(options, kw["network_names"], kw["channel_networks"]))
+    t0 = time.perf_counter()
+    emb = {"pretrained": embed_subjects(trained, runs), "random init": embed_subjects(random_init, runs)}
+    emb["FC (reference)"] = fc_features(runs)
+    t_embed = time.perf_counter() - t0
+    logging.info("embedding: %.0f s", t_embed)
+
+    subjects = sorted(set(pheno["subject"]) & set(emb["pretrained"]))
+    ph = pheno.set_index("subject").loc[subjects].reset_index()
+    results = {}
+    for name, feats in emb.items():
+        t0 = time.perf_counter()
+        results[name] = probe(np.stack([feats[s] for s in subjects]), ph, args.seed,
+                              pca=128 if name.startswith("FC") else None)
+        logging.info("probes on %s: %.0f s", name, time.perf_counter() - t0)
+    epoch_log = pd.read_csv(folder / "training" / "epoch_log.tsv", sep="\t", na_values="n/a")
+    doc = {
+        "n_subjects": len(subjects), "options": options.model_dump(mode="json"),
+        "seconds": {"load": t_load, "pretrain": t_train, "embed": t_embed},
+        "loss_first_epoch": float(epoch_log["loss"].iloc[0]), "loss_last_epoch": float(epoch_log["loss"].iloc[-1]),
+        "proj_erank_last_epoch": float(epoch_log["proj_erank"].iloc[-1]),
+        "chance": {"dx_bacc_leave_site_out": 0.5, "sex_bacc_5fold": 0.5},
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "probe_results.json").write_text(json.dumps(doc, indent=2))
+    print(f"\n{len(subjects)} subjects; pre-training {t_train:.0f} s ({options.model_size}, {options.epochs} epochs, "
+          f"batch {options.batch_size}); loss {doc['loss_first_epoch']:.3f} -> {doc['loss_last_epoch']:.3f}\n")
+    print("| features | dx bal. acc. (leave-site-out) | sex bal. acc. (5-fold) | age r (5-fold) | age MAE (y) |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['dx_bacc_leave_site_out']:.3f} | {r['sex_bacc_5fold']:.3f} | "
+              f"{r['age_r_5fold']:.3f} | {r['age_mae_5fold']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
