@@ -41,7 +41,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from bids_semantoks.probe.cv import ConfoundRegressor, inner_splits
 
 #: Logistic regression: ``C = c / n_features`` for c in this grid.
-LOGISTIC_GRID = tuple(np.logspace(-3, 2, 8))
+LOGISTIC_GRID = tuple(np.logspace(-3, 3, 9))
 #: Ridge: ``alpha = a * n_features`` for a in this grid.
 RIDGE_GRID = tuple(np.logspace(-3, 3, 13))
 

@@ -8,7 +8,6 @@ loaded from the network, so the page reads offline.
 from __future__ import annotations
 
 import base64
-import html
 import io
 from importlib.resources import files
 from pathlib import Path
@@ -223,7 +222,7 @@ def write_report(path: Path, *, runs, sets, phenotypes: pd.DataFrame, skipped: p
         "map": map_figure(matrix, labels, phenotypes, targets, map_title),
         "skipped_summary": reasons,
         "skipped": skipped.to_dict(orient="records"),
-        "settings": [(k, html.unescape(str(v))) for k, v in opts.items()],
+        "settings": [(k, str(v)) for k, v in opts.items()],
         "meta": {k: sidecar.get(k) for k in ("Atlas", "ModelLabel", "InputType", "ElapsedSeconds")},
         "versions": sidecar.get("SoftwareVersions", {}),
         "fc": sidecar.get("FC") or {},
