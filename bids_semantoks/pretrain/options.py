@@ -132,7 +132,9 @@ class PretrainOptions(BaseModel):
         """Write the settings as YAML (reload with ``load_options(config_file=path)``)."""
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        from bids_semantoks.pretrain.checkpoint import atomic_write_text  # never a half-written file
+
+        atomic_write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False), Path(path))
 
 
 #: Presets are plain data: field overrides on top of the defaults (the paper).
