@@ -85,6 +85,7 @@ def replayed():
         pytest.skip(f"{SHARED_ATLASES} not found")
     root = Path(tempfile.mkdtemp(prefix="semantoks-replay-", dir=_scratch_dir()))
     root.chmod(0o755)  # another uid must reach the venv and the cache, as in an image
+    old_umask = os.umask(0o022)  # docker build's umask
     try:
         ctx, venv, data, home, wd, tmp = (root / n for n in ("src", "venv", "data", "home", "wd", "tmp"))
         for d in (ctx, home, wd, tmp):
@@ -121,6 +122,7 @@ def replayed():
         yield {"root": root, "venv": venv, "data": data, "home": home, "df": df, "base_env": base_env,
                "timings": timings}
     finally:
+        os.umask(old_umask)
         shutil.rmtree(root, ignore_errors=True)
 
 
