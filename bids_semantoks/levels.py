@@ -214,7 +214,7 @@ def run_group(settings: Settings) -> None:
 
     st = settings.participant
     bids_layout.check_dataset(settings.bids_dir, settings.output_dir, "timeseries")
-    options = _options(GroupOptions, settings.group, "group")
+    options = _options(GroupOptions, {"n_jobs": settings.run.nprocs, **settings.group}, "group")
     atlas_tsv = None if st.atlas == "default" else Path(st.atlas)
     code = _run_group(options, settings.bids_dir, settings.output_dir, input_type=st.input_type,
                       atlas_tsv=atlas_tsv, participant_labels=st.participant_label or None)
