@@ -99,9 +99,9 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
               help="Data cache (atlases, model weights); default $BIDS_SEMANTOKS_DATA or ~/.cache/bids_semantoks.")
 # group level
 @click.option("--target", multiple=True, cls=_Greedy, help="[group] Phenotype column to predict (repeatable).")
-@click.option("--target-type", multiple=True, help="[group] COL=classification|regression.")
-@click.option("--confounds", multiple=True, help="[group] Phenotype column regressed out inside the folds.")
-@click.option("--features", multiple=True, type=click.Choice(["semantoks", "fc"]), help="[group] Feature sets.")
+@click.option("--target-type", multiple=True, cls=_Greedy, help="[group] COL=classification|regression.")
+@click.option("--confounds", multiple=True, cls=_Greedy, help="[group] Phenotype column regressed out inside the folds.")
+@click.option("--features", multiple=True, cls=_Greedy, type=click.Choice(["semantoks", "fc"]), help="[group] Feature sets.")
 @click.option("--fc-kind", type=click.Choice(["correlation", "tangent"]), default=None, help="[group] Connectome.")
 @click.option("--probe-protocol", type=click.Choice(["subject_mean", "crops"]), default=None,
               help="[group] Subject-mean embedding, or every crop a sample (the authors' protocol).")
@@ -111,7 +111,7 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--n-permutations", type=int, default=None, help="[group] Label permutations for a p-value.")
 @click.option("--phenotypes", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="[group] TSV/CSV keyed by participant_id.")
-@click.option("--derivatives", multiple=True, help="[group] NAME=PATH of other datasets, e.g. raw=/data/bids.")
+@click.option("--derivatives", multiple=True, cls=_Greedy, help="[group] NAME=PATH of other datasets, e.g. raw=/data/bids.")
 @click.option("--model-label", type=str, default=None, help="[group] Which embeddings to use (desc- label).")
 @click.option("--random-seed", type=int, default=None, help="Seed of cross-validation and pre-training.")
 # pretrain level
