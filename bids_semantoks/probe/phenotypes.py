@@ -302,6 +302,11 @@ def prepare_target(
     if task is None:
         task = infer_target_type(cleaned)
     present = cleaned.dropna()
+    if present.empty:
+        raise DataError(
+            f"target '{name}' has no value for any selected participant (all {len(cleaned)} missing); "
+            "fill the column or choose another --target"
+        )
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(present):
             bad = [v for v in present.unique() if pd.isna(pd.to_numeric(v, errors="coerce"))][:3]
