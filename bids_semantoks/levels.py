@@ -142,6 +142,7 @@ def run_participant(settings: Settings) -> None:
     input_desc = bids_layout.check_dataset(settings.bids_dir, settings.output_dir, st.input_type)
     _check_output_dir(settings.output_dir)
     resolved, atlas = resolve_atlas(settings)
+    model = resolve_model(settings, atlas)  # before anything is written: a missing model fails fast
     wdir = work_dir(settings)
     _check_output_dir(wdir, "the work directory (-w)")
     layout = bids_layout.index(
@@ -159,7 +160,6 @@ def run_participant(settings: Settings) -> None:
     if not runs and skipped:
         raise skipped[0][1]
     LOGGER.info("found %d run(s) of %d subject(s)", len(runs), len({r.subject for r in runs}))
-    model = resolve_model(settings, atlas)
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=_citation(resolved, model))
     unwritable: set[str] = set()
     for subject in sorted({r.subject for r in runs}):
