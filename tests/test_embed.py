@@ -119,3 +119,14 @@ def test_model_atlas_mismatch_and_missing_model(make_fmriprep, tmp_path, capsys)
     assert run_cli(bids, tmp_path / "o2", "participant", "--model", wrong) == 64
     assert "expects 200 regions" in capsys.readouterr().err
     assert not list((tmp_path / "o2").rglob("*_embedding.tsv"))
+
+
+def test_official_model_missing_is_a_clear_error(make_fmriprep, tmp_path, monkeypatch, capsys):
+    """No cached weights and no hub: exit 66, one line naming the cache file, nothing written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bids = make_fmriprep(voxel_mm=8.0, n_vols=110)
+    out = tmp_path / "out"
+    assert run_cli(bids, out, "participant", "--data-dir", tmp_path / "empty_cache") == 66
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "brainsemantoks_ckpt_epoch_100.pth" in err[0]
+    assert not list(out.rglob("*.tsv")) and not (out / "work").exists()
