@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bids_semantoks.errors import OutputError
+from bids_semantoks.errors import DataError, OutputError
 
 __all__ = ["atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state", "load_state", "STATE_NAME"]
 
@@ -79,8 +79,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Load a training state written by :func:`atomic_torch_save` (CPU tensors)."""
+    """Load a training state written by :func:`atomic_torch_save` (CPU tensors).
+
+    Read with ``weights_only=True`` (tensors, containers, and the numpy arrays of the RNG
+    state only), so a planted file that would run code when unpickled is refused.
+    """
+    from torch.serialization import safe_globals
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise OutputError(f"{path}: unreadable training state ({exc}); delete it and start without --resume") from exc
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise DataError(
+                f"{path}: refused: the training state holds pickled Python objects that could run code; "
+                "delete it and start without --resume"
+            ) from None
+        msg = " ".join(str(exc).split())[:200]
+        raise OutputError(f"{path}: unreadable training state ({msg}); delete it and start without --resume") from exc
