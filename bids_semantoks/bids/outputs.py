@@ -96,6 +96,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(folder: Path, recursive: bool = False) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files a killed job left in ``folder``.
+
+    Call it only where no other process may be writing: a subject's folders in that
+    subject's job, the dataset-level files under the OUTPUT_DIR lock.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if p.is_file()]
+    for p in found:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:  # best effort: a read-only folder fails later with a clear message
+            pass
+    return found
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -160,6 +178,8 @@ def init_output_dataset(output_dir: Path, input_dir: Path, input_description: di
         raise OutputError(f"{output_dir}: OUTPUT_DIR is not writable; fix its permissions or choose another folder")
     lock = FileLock(str(output_dir / ".bids_semantoks.lock"))
     with lock:
+        for folder in (output_dir, output_dir / "logs"):  # written only under this lock: safe to clean
+            remove_stale_temporaries(folder)
         desc_path = output_dir / "dataset_description.json"
         ours = generated_by()
         chain = [g for g in input_description.get("GeneratedBy", []) if isinstance(g, dict)]
