@@ -163,6 +163,7 @@ def run_participant(settings: Settings) -> None:
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=_citation(resolved, model))
     unwritable: set[str] = set()
     for subject in sorted({r.subject for r in runs}):
+        outputs.remove_stale_temporaries(Path(settings.output_dir, f"sub-{subject}"), recursive=True)  # killed jobs
         try:
             outputs.write_text_if_changed(
                 Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
