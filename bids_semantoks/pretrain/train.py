@@ -193,6 +193,8 @@ def train(
     start_step = start_epoch * steps_per_epoch
     if info.is_main:
         training_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*folder.glob(".*.tmp"), *training_dir.glob(".*.tmp")]:  # left by a killed run
+            stale.unlink(missing_ok=True)
         options.to_file(training_dir / "options.yaml")
         header = "\t".join(monitor.STEP_COLUMNS) + "\n"
         epoch_header = "epoch\tsteps\tloss\tloss_cls\tloss_tok\tloss_ttr\tcls_std\tproj_std\tproj_erank\tseconds\tsubjects_per_s\n"
