@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,30 @@ def embed_subjects(encoder: Encoder, runs) -> dict[str, np.ndarray]:
         feats = encoder_features(encoder(torch.from_numpy(crops).float()))["cls_avg"].numpy()
         per_subject.setdefault(r.subject, []).append(feats)
     return {s: np.concatenate(v).mean(0) for s, v in per_subject.items()}
+
+
+@torch.no_grad()
+def identification(encoder: Encoder, runs) -> float:
+    """Label-free check: top-1 subject identification between the first and the last 100 TRs.
+
+    One crop at the start and one at the end of each subject's run (they overlap by 24 TRs
+    for NYU's 176 TRs, 10 for KKI, none for UM_1), ``cls_avg`` standardised over subjects,
+    cosine similarity; accuracy of finding the same subject among all (chance 1/349).
+    """
+    encoder.eval()
+    first, last = [], []
+    for r in runs:
+        x = torch.from_numpy(np.nan_to_num(r.data.T)).float()
+        crops = torch.stack([x[:, :100], x[:, -100:]])
+        f = encoder_features(encoder(crops))["cls_avg"].numpy()
+        first.append(f[0])
+        last.append(f[1])
+    a, b = np.stack(first), np.stack(last)
+    mu, sd = np.concatenate([a, b]).mean(0), np.concatenate([a, b]).std(0) + 1e-8
+    a, b = (a - mu) / sd, (b - mu) / sd
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.mean(np.argmax(a @ b.T, axis=1) == np.arange(len(a))))
 
 
 def fc_features(runs) -> dict[str, np.ndarray]:
@@ -130,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse an existing model folder in --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn API transition notices
     torch.set_num_threads(max(torch.get_num_threads(), 1))
 
     atlas = AtlasTable.from_tsv(args.data / "atlas-CC200" / "atlas-CC200_dseg.tsv")
@@ -157,6 +183,7 @@ def main(argv=None) -> int:
     random_init = Encoder(build_encoder_config(options, kw["network_names"], kw["channel_networks"]))
     t0 = time.perf_counter()
     emb = {"pretrained": embed_subjects(trained, runs), "random init": embed_subjects(random_init, runs)}
+    ident = {"pretrained": identification(trained, runs), "random init": identification(random_init, runs)}
     emb["FC (reference)"] = fc_features(runs)
     t_embed = time.perf_counter() - t0
     logging.info("embedding: %.0f s", t_embed)
@@ -177,6 +204,7 @@ def main(argv=None) -> int:
         "proj_erank_last_epoch": float(epoch_log["proj_erank"].iloc[-1]),
         "chance": {"dx_bacc_leave_site_out": 0.5, "sex_bacc_5fold": 0.5},
         "results": results,
+        "identification_top1": ident,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "probe_results.json").write_text(json.dumps(doc, indent=2))
@@ -187,6 +215,8 @@ def main(argv=None) -> int:
     for name, r in results.items():
         print(f"| {name} | {r['dx_bacc_leave_site_out']:.3f} | {r['sex_bacc_5fold']:.3f} | "
               f"{r['age_r_5fold']:.3f} | {r['age_mae_5fold']:.2f} |")
+    print("\nsubject identification (first vs last 100 TRs, top-1, chance "
+          f"{1 / len(subjects):.4f}): " + ", ".join(f"{k} {v:.3f}" for k, v in ident.items()))
     return 0
 
 
