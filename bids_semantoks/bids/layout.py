@@ -147,15 +147,22 @@ def index(
         ).hexdigest()[:12]
         database_path = Path(database_dir) / f"bids_db_{key}"
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
+    # a database is reused only when its build finished (a killed job leaves a partial index)
+    complete = database_path / ".complete" if database_path is not None else None
+    reset = complete is not None and database_path.exists() and not complete.is_file()
     try:
-        return BIDSLayout(
+        layout = BIDSLayout(
             bids_dir,
             validate=False,
             is_derivative=True,
             config=["bids", "derivatives"],
             indexer=indexer,
             database_path=database_path,
+            reset_database=reset,
         )
+        if complete is not None and not complete.is_file():
+            complete.touch()
+        return layout
     except Exception as exc:  # pybids raises plain ValueError/BIDSValidationError variants
         text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # sqlalchemy: the sqlite error, no SQL
         storage = isinstance(exc, OSError) or any(
