@@ -130,3 +130,14 @@ def test_official_model_missing_is_a_clear_error(make_fmriprep, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "brainsemantoks_ckpt_epoch_100.pth" in err[0]
     assert not list(out.rglob("*.tsv")) and not (out / "work").exists()
+
+
+def test_short_run_through_cli(make_fmriprep, tmp_path):
+    """A run shorter than one window: one zero-padded crop, and the sidecar warns."""
+    bids = make_fmriprep(voxel_mm=8.0, n_vols=60, tr=2.0)
+    out = tmp_path / "out"
+    assert run_cli(bids, out, "participant", "--model", PARITY / "checkpoint.pth", "--min-time", "0") == 0
+    run_tsv = next(out.rglob("*_task-rest_*_embedding.tsv"))
+    assert len(pd.read_csv(run_tsv, sep="\t")) == 1
+    meta = json.loads(run_tsv.with_suffix(".json").read_text())
+    assert meta["ZeroPadded"] is True and "zero-padded" in meta["Warnings"][0]
