@@ -280,6 +280,15 @@ def collect_runs(layout, settings, check_subjects: bool = True, errors: list | N
             raise NothingSelectedError(
                 f"{root}: no desc-preproc_bold files for this selection; is BIDS_DIR fMRIPrep's output?"
             )
+        if not any_bold:  # the labels (task, session) match nothing, whatever the space
+            present = layout.get(desc="preproc", suffix="bold", extension=[".nii.gz", ".nii"])
+            tasks = sorted({str(f.entities["task"]) for f in present if "task" in f.entities})
+            sessions = sorted({str(f.entities["session"]) for f in present if "session" in f.entities})
+            raise NothingSelectedError(
+                f"{root}: no desc-preproc_bold matches --task-id/--session-label "
+                f"(tasks present: {', '.join(tasks) or 'none'}; sessions: {', '.join(sessions) or 'none'}); "
+                "change the labels"
+            )
         spaces = sorted({f.entities.get("space", "native") for f in any_bold})
         raise NothingSelectedError(
             f"{root}: no desc-preproc_bold in space {settings.space} for this selection "
