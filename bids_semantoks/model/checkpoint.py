@@ -64,7 +64,9 @@ class ModelNotAvailable(MissingInputError):
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0]  # torch appends paragraphs of advice after the first sentence
+    return (first if len(first) >= 20 else text)[:200]
 
 
 def read_torch_file(path: str | Path) -> Any:
