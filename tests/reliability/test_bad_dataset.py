@@ -86,7 +86,7 @@ def test_participant_not_found(cli, tiny_bids, tmp_path):
 def test_filters_select_nothing(cli, tiny_bids, tmp_path):
     out = tmp_path / "out"
     r = cli(tiny_bids, out, "participant", "-t", "nback", *M)
-    assert r.code == 18 and "no desc-preproc_bold" in r.message
+    assert r.code == 18 and "no desc-preproc_bold" in r.message and "tasks present: rest" in r.message
     filt = tmp_path / "filter.json"
     filt.write_text(json.dumps({"bold": {"acquisition": "mb8"}}))
     r = cli(tiny_bids, out, "participant", "--bids-filter-file", filt, *M)
