@@ -152,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eps", type=float, default=None,
+                    help="coding-rate epsilon (default 0.05; 'p/(m eps)' = 5 at the paper's batch 512)")
+    ap.add_argument("--name", default=None, help="model folder name (default abide_<size>)")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing model folder in --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
 
     options = load_options("small", overrides={
         "model_size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "name": f"abide_{args.size}", "device": "cpu", "checkpoint_every": max(args.epochs, 1),
+        "seed": args.seed, "name": args.name or f"abide_{args.size}", "coding_rate_eps": args.eps,
+        "device": "cpu", "checkpoint_every": max(args.epochs, 1),
         "warmup_epochs": max(1.0, 0.05 * args.epochs), "progress": False,
     })
     kw = dict(network_names=list(atlas.networks), channel_networks=atlas.network_index.tolist(),
