@@ -204,15 +204,15 @@ def load_runs_from_derivatives(
 def select_subjects(subjects: Sequence[str], fraction: float, seed: int, minimum: int = 1) -> list[str]:
     """Seeded subset of ``ceil(fraction * n)`` subjects (at least ``minimum``), sorted.
 
-    The subset of a smaller fraction is *not* guaranteed to be nested in a larger one; the
-    scaling recipe repeats each fraction over seeds instead.
+    The subset is the first ``n`` subjects of one seeded permutation, so with the same seed a
+    smaller fraction is nested in a larger one (what a scaling analysis wants).
     """
     unique = sorted(set(subjects))
     if fraction >= 1.0:
         return unique
     n = min(len(unique), max(minimum, int(np.ceil(fraction * len(unique)))))
     rng = np.random.default_rng([seed, 7919])
-    return sorted(rng.choice(unique, size=n, replace=False).tolist())
+    return sorted(rng.permutation(np.array(unique, dtype=object))[:n].tolist())
 
 
 class PretrainData:

@@ -65,3 +65,12 @@ def test_select_subjects():
     assert a != select_subjects(subs, 0.1, seed=1)
     assert len(select_subjects(subs, 0.01, seed=0, minimum=8)) == 8
     assert select_subjects(subs, 1.0, 0) == subs
+
+
+def test_train_fraction_subsets_are_nested_and_seeded():
+    from bids_semantoks.pretrain.data import select_subjects
+
+    subjects = [f"{i:03d}" for i in range(100)]
+    small, large = select_subjects(subjects, 0.1, seed=3), select_subjects(subjects, 0.5, seed=3)
+    assert len(small) == 10 and len(large) == 50 and set(small) <= set(large)
+    assert select_subjects(subjects, 0.1, seed=3) == small != select_subjects(subjects, 0.1, seed=4)
