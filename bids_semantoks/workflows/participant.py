@@ -26,39 +26,15 @@ LOGGER = logging.getLogger("bids_semantoks")
 
 # -- node functions: nipype serialises their source, so every import is inside --------
 def _extract_node(job, error_dir):
-    import json
-    from pathlib import Path
+    from bids_semantoks.workflows.steps import extract_step, guarded
 
-    from bids_semantoks.errors import BidsAppError
-    from bids_semantoks.workflows.steps import extract_step
-
-    try:
-        return extract_step(job)
-    except Exception as exc:  # a user error (BidsAppError) or a bug: either way, name the run's file
-        code, msg = (exc.code, str(exc)) if isinstance(exc, BidsAppError) else (
-            1, f"{job['run']['bold']}: unexpected error while extracting ({type(exc).__name__}: "
-               f"{' '.join(str(exc).split())[:300]}); see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
-        Path(error_dir).mkdir(parents=True, exist_ok=True)
-        Path(error_dir, job["name"] + "_extract.json").write_text(json.dumps({"code": code, "message": msg}))
-        raise
+    return guarded("extract", job, error_dir, job["run"]["bold"], extract_step, job)
 
 
 def _embed_node(job, timeseries, error_dir):
-    import json
-    from pathlib import Path
+    from bids_semantoks.workflows.steps import embed_step, guarded
 
-    from bids_semantoks.errors import BidsAppError
-    from bids_semantoks.workflows.steps import embed_step
-
-    try:
-        return embed_step(job, timeseries)
-    except Exception as exc:  # a user error (BidsAppError) or a bug: either way, name the run's file
-        code, msg = (exc.code, str(exc)) if isinstance(exc, BidsAppError) else (
-            1, f"{timeseries}: unexpected error while embedding ({type(exc).__name__}: "
-               f"{' '.join(str(exc).split())[:300]}); see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
-        Path(error_dir).mkdir(parents=True, exist_ok=True)
-        Path(error_dir, job["name"] + "_embed.json").write_text(json.dumps({"code": code, "message": msg}))
-        raise
+    return guarded("embed", job, error_dir, timeseries, embed_step, job, timeseries)
 
 
 def _mean_node(out_path, embeddings, settings_hash, output_dir):

@@ -18,7 +18,7 @@ import pandas as pd
 from bids_semantoks import __version__
 from bids_semantoks.bids import outputs
 from bids_semantoks.bids.layout import RunInputs
-from bids_semantoks.errors import DataError
+from bids_semantoks.errors import BidsAppError, DataError
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -38,6 +38,26 @@ def _source(bids_dir: str, path: Path | None) -> str | None:
         return "bids:input:" + str(Path(path).resolve().relative_to(Path(bids_dir).resolve()))
     except ValueError:
         return str(path)
+
+
+def guarded(step: str, job: dict[str, Any], error_dir: str, where: str | None, fn, *args):
+    """Run ``fn(*args)``; on failure, leave a one-line error record for the job, then re-raise.
+
+    nipype only keeps tracebacks (in the crash files); the record gives the CLI the exit code
+    and the one-line message naming the run's file. A bug is reported with exit code 1.
+    """
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if isinstance(exc, BidsAppError):
+            code, msg = exc.code, str(exc)
+        else:
+            detail = " ".join(str(exc).split())[:300]
+            code, msg = 1, (f"{where}: unexpected error while running {step} ({type(exc).__name__}: {detail}); "
+                            "see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
+        Path(error_dir).mkdir(parents=True, exist_ok=True)
+        Path(error_dir, f"{job['name']}_{step}.json").write_text(json.dumps({"code": code, "message": msg}))
+        raise
 
 
 def job_path(job: dict[str, Any], key: str) -> Path:
