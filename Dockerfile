@@ -80,7 +80,9 @@ ENV VIRTUAL_ENV=/opt/venv \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    BIDS_SEMANTOKS_CONTAINER_TYPE=docker \
+    BIDS_SEMANTOKS_CONTAINER_IMAGE=semantoks:${VERSION}
 ENV PATH="${VIRTUAL_ENV}/bin:${PATH}"
 
 COPY --from=builder /opt/venv /opt/venv

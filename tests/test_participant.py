@@ -199,3 +199,13 @@ def test_config_file_and_cli_precedence(make_fmriprep, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("participant:\n  denoise_strategy: magic\n")
     assert run_cli(bids, tmp_path / "o2", "participant", "--config-file", bad) == 64
+
+
+def test_container_provenance_in_dataset_description(make_fmriprep, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIDS_SEMANTOKS_CONTAINER_TYPE", "docker")
+    monkeypatch.setenv("BIDS_SEMANTOKS_CONTAINER_IMAGE", "semantoks:0.1.0")
+    bids = make_fmriprep(voxel_mm=8.0, n_vols=110)
+    out = tmp_path / "out"
+    assert run_cli(bids, out, "participant", "--model", "none") == 0
+    ours = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
+    assert ours["Container"] == {"Type": "docker", "Tag": "semantoks:0.1.0"}

@@ -84,6 +84,12 @@ def test_standalone_definition_matches_the_dockerfile():
     env = dict(re.findall(r"^\s*export (\w+)=(\S+)\s*$", sec["environment"], re.M))
     env = {k: v.strip('"') for k, v in env.items()}
     runtime.pop("HOME")
+    # provenance of the container in dataset_description.json: the same image, another runtime
+    assert runtime.pop("BIDS_SEMANTOKS_CONTAINER_TYPE") == "docker"
+    assert env.pop("BIDS_SEMANTOKS_CONTAINER_TYPE") == "singularity"
+    assert runtime.pop("BIDS_SEMANTOKS_CONTAINER_IMAGE") == "semantoks:${VERSION}"
+    assert env.pop("BIDS_SEMANTOKS_CONTAINER_IMAGE") == "semantoks:" + {
+        k: v for i in df.stage("runtime").all("ARG") for k, v in key_values(i.args)}["VERSION"]
     assert env.pop("PATH") == "/opt/venv/bin:${PATH}"
     runtime.pop("PATH")
     assert env == runtime
