@@ -118,7 +118,8 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
     from nipype import logging as nipype_logging
 
     overwrite = settings.run.overwrite
-    todo, subjects = [], {}
+    todo: set[str] = set()  # names of the runs with outputs to (re)compute
+    subjects: dict[tuple, list] = {}
     for job in jobs:
         ts_done = is_current(job_path(job, "timeseries_path"), job["settings_hash"])
         emb_done = "model" not in job or is_current(job_path(job, "embedding_path"), job["embedding_hash"])
@@ -127,8 +128,13 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
         if ts_done and emb_done and not overwrite:
             LOGGER.info("%s: outputs up to date, skipped", job["name"])
             continue
-        todo.append((job, ts_done))
-    means_needed = [k for k, js in subjects.items() if "model" in js[0] and (overwrite or any(j in [t[0] for t in todo] for j in js) or not is_current(_mean_path(settings, k, js[0]), js[0]["embedding_hash"]))]
+        todo.add(job["name"])
+
+    def mean_stale(key, runs) -> bool:
+        return overwrite or any(j["name"] in todo for j in runs) or not is_current(
+            _mean_path(settings, key, runs[0]), runs[0]["embedding_hash"])
+
+    means_needed = [k for k, js in subjects.items() if "model" in js[0] and mean_stale(k, js)]
     if not todo and not means_needed:
         return []
 
@@ -147,12 +153,10 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
     })
     nipype_logging.update_logging(nipype_config)
     wf = Workflow(name="bids_semantoks_participant", base_dir=str(work_dir))
-    all_jobs = {j["name"]: j for j in jobs}
     embed_nodes: dict[tuple, list] = {}
     for job in jobs:
         key = (job["run"]["entities"]["subject"], job["run"]["entities"].get("session"))
-        in_todo = any(job is t[0] for t in todo)
-        if not in_todo and key not in means_needed:
+        if job["name"] not in todo and key not in means_needed:
             continue
         safe = outputs.sanitize_label(job["name"])
         log_dir = Path(settings.output_dir, f"sub-{key[0]}", "log")
@@ -216,7 +220,6 @@ def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[t
                                  "free space or choose another --work-dir"))
         else:
             failures.append((1, f"{progress.failed} step(s) crashed; see the crash files under OUTPUT_DIR/sub-*/log/"))
-    del all_jobs
     return failures
 
 
