@@ -105,8 +105,10 @@ def plot_loss_curve(log_tsv: Path, out_png: Path) -> None:
 
 
 def make_progress(enabled: bool):
-    """A rich progress bar (or ``None``): epoch, step, loss terms, subjects/s."""
-    if not enabled:
+    """A rich progress bar on a terminal (else ``None``: one log line per epoch instead)."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -320,6 +320,9 @@ def train(
             monitor.warn_if_collapsed(stats, epoch + 1, options.collapse_erank)
             summary.update(epoch=epoch + 1, seconds=seconds, subjects_per_s=steps_per_epoch * batch / seconds,
                            loss=float(means[0]), **stats)
+            if info.is_main and progress is None and options.progress:
+                logger.info("epoch %d/%d: loss %.4f, [CLS] effective rank %.1f, %.0f subjects/s",
+                            epoch + 1, options.epochs, float(means[0]), stats["proj_erank"], summary["subjects_per_s"])
             if info.is_main:
                 with open(epoch_log_path, "a") as fh:
                     vals = [epoch, steps_per_epoch, means[0], means[1], means[4], means[5],
