@@ -25,6 +25,10 @@ Usage::
 
     python benchmarks/abide_pretrain_probe.py --out /tmp/abide_pt [--epochs 30] [--size tiny]
 
+    # docs/results_pretrain.md run C: 750 steps, eps scaled to the batch, 5 random-init seeds
+    python benchmarks/abide_pretrain_probe.py --out /tmp/abide_b64 --name b64_eps04 --batch-size 64 \
+        --epochs 150 --lr 1e-3 --eps 0.4 --checkpoint-every 25 --random-seeds 5
+
 Writes ``<out>/probe_results.json`` and prints a markdown table.
 """
 
@@ -156,10 +160,18 @@ def main(argv=None) -> int:
                     help="coding-rate epsilon (default 0.05; 'p/(m eps)' = 5 at the paper's batch 512)")
     ap.add_argument("--name", default=None, help="model folder name (default abide_<size>)")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing model folder in --out")
+    ap.add_argument("--warmup-epochs", type=float, default=None, help="LR warm-up (default max(1, 5%% of epochs))")
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="write model every N epochs (default: only at the end); lets --reuse probe a stopped run")
+    ap.add_argument("--random-seeds", type=int, default=1,
+                    help="random-init baselines with seeds seed..seed+N-1 (noise level of the baseline)")
+    ap.add_argument("--probe-seed", type=int, default=None,
+                    help="seed of the probe folds (default --seed); fix it to compare pre-training seeds")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn API transition notices
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    torch.set_num_threads(args.threads or max(torch.get_num_threads(), 1))
 
     atlas = AtlasTable.from_tsv(args.data / "atlas-CC200" / "atlas-CC200_dseg.tsv")
     t0 = time.perf_counter()
@@ -171,8 +183,9 @@ def main(argv=None) -> int:
     options = load_options("small", overrides={
         "model_size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "name": args.name or f"abide_{args.size}", "coding_rate_eps": args.eps,
-        "device": "cpu", "checkpoint_every": max(args.epochs, 1),
-        "warmup_epochs": max(1.0, 0.05 * args.epochs), "progress": False,
+        "device": "cpu", "checkpoint_every": args.checkpoint_every or max(args.epochs, 1),
+        "warmup_epochs": args.warmup_epochs if args.warmup_epochs is not None else max(1.0, 0.05 * args.epochs),
+        "progress": False,
     })
     kw = dict(network_names=list(atlas.networks), channel_networks=atlas.network_index.tolist(),
               channel_names=list(atlas.names), atlas_label=atlas.label)
@@ -183,11 +196,17 @@ def main(argv=None) -> int:
     t_train = time.perf_counter() - t0
 
     trained = load_encoder(folder)
-    torch.manual_seed(options.seed)
-    random_init = Encoder(build_encoder_config(options, kw["network_names"], kw["channel_networks"]))
+    config = build_encoder_config(options, kw["network_names"], kw["channel_networks"])
     t0 = time.perf_counter()
-    emb = {"pretrained": embed_subjects(trained, runs), "random init": embed_subjects(random_init, runs)}
-    ident = {"pretrained": identification(trained, runs), "random init": identification(random_init, runs)}
+    emb = {"pretrained": embed_subjects(trained, runs)}
+    ident = {"pretrained": identification(trained, runs)}
+    for k in range(args.random_seeds):
+        seed = options.seed + k
+        name = "random init" if k == 0 else f"random init (seed {seed})"
+        torch.manual_seed(seed)
+        random_init = Encoder(config)
+        emb[name] = embed_subjects(random_init, runs)
+        ident[name] = identification(random_init, runs)
     emb["FC (reference)"] = fc_features(runs)
     t_embed = time.perf_counter() - t0
     logging.info("embedding: %.0f s", t_embed)
@@ -197,13 +216,16 @@ def main(argv=None) -> int:
     results = {}
     for name, feats in emb.items():
         t0 = time.perf_counter()
-        results[name] = probe(np.stack([feats[s] for s in subjects]), ph, args.seed,
+        results[name] = probe(np.stack([feats[s] for s in subjects]), ph,
+                              args.seed if args.probe_seed is None else args.probe_seed,
                               pca=128 if name.startswith("FC") else None)
         logging.info("probes on %s: %.0f s", name, time.perf_counter() - t0)
     epoch_log = pd.read_csv(folder / "training" / "epoch_log.tsv", sep="\t", na_values="n/a")
     doc = {
         "n_subjects": len(subjects), "options": options.model_dump(mode="json"),
         "seconds": {"load": t_load, "pretrain": t_train, "embed": t_embed},
+        "epochs_logged": int(len(epoch_log)),
+        "loss_tok_last_epoch": float(epoch_log["loss_tok"].iloc[-1]),
         "loss_first_epoch": float(epoch_log["loss"].iloc[0]), "loss_last_epoch": float(epoch_log["loss"].iloc[-1]),
         "proj_erank_last_epoch": float(epoch_log["proj_erank"].iloc[-1]),
         "chance": {"dx_bacc_leave_site_out": 0.5, "sex_bacc_5fold": 0.5},
@@ -214,11 +236,13 @@ def main(argv=None) -> int:
     (args.out / "probe_results.json").write_text(json.dumps(doc, indent=2))
     print(f"\n{len(subjects)} subjects; pre-training {t_train:.0f} s ({options.model_size}, {options.epochs} epochs, "
           f"batch {options.batch_size}); loss {doc['loss_first_epoch']:.3f} -> {doc['loss_last_epoch']:.3f}\n")
-    print("| features | dx bal. acc. (leave-site-out) | sex bal. acc. (5-fold) | age r (5-fold) | age MAE (y) |")
-    print("|---|---|---|---|---|")
+    print("| features | dx bal. acc. (leave-site-out) | sex bal. acc. (5-fold) | age r (5-fold) | age MAE (y) "
+          "| identification top-1 |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
+        idt = f"{ident[name]:.3f}" if name in ident else "-"
         print(f"| {name} | {r['dx_bacc_leave_site_out']:.3f} | {r['sex_bacc_5fold']:.3f} | "
-              f"{r['age_r_5fold']:.3f} | {r['age_mae_5fold']:.2f} |")
+              f"{r['age_r_5fold']:.3f} | {r['age_mae_5fold']:.2f} | {idt} |")
     print("\nsubject identification (first vs last 100 TRs, top-1, chance "
           f"{1 / len(subjects):.4f}): " + ", ".join(f"{k} {v:.3f}" for k, v in ident.items()))
     return 0
