@@ -84,13 +84,14 @@ def load_state(path: Path) -> dict[str, Any]:
     Read with ``weights_only=True`` (tensors, containers, and the numpy arrays of the RNG
     state only), so a planted file that would run code when unpickled is refused.
     """
-    from torch.serialization import safe_globals
+    from torch.serialization import add_safe_globals
 
     core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    # registered process-wide (idempotent): the `safe_globals` context manager swaps a global
+    # list, so two threads loading at once could drop each other's entries and refuse a good file
+    add_safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])
     try:
-        with safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             raise DataError(
