@@ -244,32 +244,27 @@ def run_pretrain(settings: Settings) -> None:
 
 def collect_model_ready_runs(settings: Settings, atlas: dict[str, Any]) -> list:
     """Model-ready series for pre-training: participant outputs in OUTPUT_DIR, else extracted now."""
-    from bids_semantoks.pretrain.data import RunSeries
+    from bids_semantoks.errors import NothingSelectedError
+    from bids_semantoks.pretrain.data import load_runs_from_derivatives
 
-    existing = sorted(Path(settings.output_dir).glob(f"sub-*/**/func/*_atlas-{atlas['label']}_desc-*_timeseries.tsv"))
-    labels = set(settings.participant.participant_label)
-    existing = [p for p in existing if not labels or p.name.split("_")[0][4:] in labels]
-    if not existing:
+    def load():  # participant outputs are already at the model TR and z-scored: read them as they are
+        return load_runs_from_derivatives(settings.output_dir, [atlas["label"]],
+                                          settings.participant.participant_label or None,
+                                          prepare=lambda data, tr: data.astype("float32"))
+
+    try:
+        return load()
+    except NothingSelectedError:
         LOGGER.info("no participant outputs in %s: extracting time series first", settings.output_dir)
-        model_none = settings.model_copy(deep=True)
-        model_none.participant.model = "none"
-        run_participant(model_none)
-        existing = sorted(Path(settings.output_dir).glob(f"sub-*/**/func/*_atlas-{atlas['label']}_desc-*_timeseries.tsv"))
-        existing = [p for p in existing if not labels or p.name.split("_")[0][4:] in labels]
-    if not existing:
-        raise MissingInputError(f"{settings.output_dir}: no model-ready time series to pre-train on; check the selection")
-    import numpy as np
-    import pandas as pd
-
-    runs = []
-    for path in existing:
-        data = pd.read_csv(path, sep="\t", na_values=["n/a"])
-        if list(data.columns) != atlas["names"]:
-            continue
-        subject = path.name.split("_")[0][4:]
-        runs.append(RunSeries(subject=subject, run_id=path.name.split("_atlas-")[0],
-                              data=data.to_numpy(dtype=np.float32)))
-    return runs
+    model_none = settings.model_copy(deep=True)
+    model_none.participant.model = "none"
+    run_participant(model_none)
+    try:
+        return load()
+    except NothingSelectedError:
+        raise MissingInputError(
+            f"{settings.output_dir}: no model-ready time series to pre-train on; check the selection"
+        ) from None
 
 
 def _options(model_cls, values: dict[str, Any], section: str):

@@ -239,6 +239,15 @@ def _tr_from_sidecar(meta: dict[str, Any], path: Path) -> float:
     return tr
 
 
+def read_tr(sidecar: Path, data_file: Path) -> float:
+    """Repetition time (s) from the JSON sidecar of ``data_file`` (RepetitionTime or SamplingFrequency)."""
+    if not Path(sidecar).is_file():
+        raise MissingInputError(
+            f"{data_file}: JSON sidecar {Path(sidecar).name} not found; add one with SamplingFrequency (Hz)"
+        )
+    return _tr_from_sidecar(_read_json(sidecar), sidecar)
+
+
 def collect_runs(layout, settings, check_subjects: bool = True, errors: list | None = None) -> list[RunInputs]:
     """Find every run selected by the settings.
 

@@ -14,7 +14,6 @@ indexing (see :mod:`bids_semantoks.pretrain.augment`).
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bids_semantoks.bids.layout import read_tr
 from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedError
 
 __all__ = [
@@ -119,20 +119,6 @@ def _entities(name: str) -> dict[str, str]:
     return out
 
 
-def _read_tr(sidecar: Path, tsv: Path) -> float:
-    if not sidecar.is_file():
-        raise MissingInputError(f"{tsv}: JSON sidecar {sidecar.name} not found; it must give SamplingFrequency")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{sidecar}: invalid JSON ({exc}); fix or regenerate the sidecar") from exc
-    if meta.get("SamplingFrequency"):
-        return 1.0 / float(meta["SamplingFrequency"])
-    if meta.get("RepetitionTime"):
-        return float(meta["RepetitionTime"])
-    raise DataError(f"{sidecar}: neither SamplingFrequency nor RepetitionTime given; add SamplingFrequency (Hz)")
-
-
 def load_runs_from_derivatives(
     output_dir_or_dataset: Path,
     atlas_names: Sequence[str],
@@ -190,7 +176,7 @@ def load_runs_from_derivatives(
             raise DataError(
                 f"{tsv}: region columns differ from {first}; select one atlas (atlas_names) per pre-training run"
             )
-        tr = _read_tr(tsv.with_suffix(".json"), tsv)
+        tr = read_tr(tsv.with_suffix(".json"), tsv)
         data = prepare(df.to_numpy(dtype=np.float64), tr)
         runs.append(RunSeries(subject=subject, run_id=tsv.name.removesuffix("_timeseries.tsv"), data=data))
     if not runs:
