@@ -4,7 +4,10 @@
   clipping, LR, weight decay, teacher momentum, TTR weight and whether the step was
   masked; terms not computed on a step (token loss on unmasked steps, TTR after the
   curriculum) are ``n/a``.
-- ``epoch_log.tsv``: per epoch the mean losses, throughput and the collapse watch on
+- ``epoch_log.tsv``: per epoch the mean losses, ``cls_alignment`` (mean cross-view
+  student-teacher cosine of the [CLS] projections: near 0 means the rate term is
+  spreading views of the same scan apart, i.e. nothing invariant is being learned),
+  throughput and the collapse watch on
   the teacher's [CLS] of the last step: ``cls_std`` (SD over samples of the encoder
   [CLS], averaged over features), ``proj_std`` (same on the L2-normalised projections;
   ~1/sqrt(p) when spread out, 0 when collapsed) and ``proj_erank`` (effective rank,

@@ -197,7 +197,7 @@ def train(
             stale.unlink(missing_ok=True)
         options.to_file(training_dir / "options.yaml")
         header = "\t".join(monitor.STEP_COLUMNS) + "\n"
-        epoch_header = "epoch\tsteps\tloss\tloss_cls\tloss_tok\tloss_ttr\tcls_std\tproj_std\tproj_erank\tseconds\tsubjects_per_s\n"
+        epoch_header = "epoch\tsteps\tloss\tloss_cls\tcls_alignment\tloss_tok\tloss_ttr\tcls_std\tproj_std\tproj_erank\tseconds\tsubjects_per_s\n"
         if start_epoch > 0 and log_path.is_file():  # drop steps logged after the checkpoint
             kept = [ln for ln in log_path.read_text().splitlines(True)[1:] if int(ln.split("\t", 1)[0]) < start_step]
             atomic_write_text(header + "".join(kept), log_path)
@@ -325,7 +325,7 @@ def train(
                             epoch + 1, options.epochs, float(means[0]), stats["proj_erank"], summary["subjects_per_s"])
             if info.is_main:
                 with open(epoch_log_path, "a") as fh:
-                    vals = [epoch, steps_per_epoch, means[0], means[1], means[4], means[5],
+                    vals = [epoch, steps_per_epoch, means[0], means[1], means[2], means[4], means[5],
                             stats["cls_std"], stats["proj_std"], stats["proj_erank"], seconds, summary["subjects_per_s"]]
                     fh.write("\t".join(monitor._fmt(v) for v in vals) + "\n")
             done = epoch + 1
