@@ -22,6 +22,7 @@ import torch.distributed as dist
 __all__ = [
     "coding_rate",
     "coding_rate_loss",
+    "rate_balance",
     "masked_token_loss",
     "ttr_loss",
     "all_gather_with_grad",
@@ -62,14 +63,19 @@ def coding_rate_loss(
     eps: float = 0.05,
     gather: Gather | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""SimDINO-style loss: cross-view alignment minus the coding rate.
+    r"""SimDINO-style loss: cross-view alignment minus the balanced coding rate.
 
     .. math::
         L = -\frac{1}{V(V-1)} \sum_{v \ne w} \frac{1}{m} \sum_i \langle s_{v,i}, t_{w,i} \rangle
-            \;-\; \frac{1}{V} \sum_v R\!\left(\tfrac12 (S_v + T_v)\right)
+            \;-\; \gamma \, \frac{1}{V} \sum_v R\!\left(\tfrac12 (S_v + T_v)\right),
+        \qquad \gamma = \frac{p + m}{p\,m}
 
     with :func:`coding_rate` ``R`` (same-view pairs ``v = w`` excluded from the alignment;
-    ``m`` = global batch in ``R``).
+    ``m`` = global batch in ``R`` and ``gamma``). ``gamma`` is SimDINO's balancing factor
+    (the "scaling as in SimDINO" of MODEL_SPEC section 5): ``R`` grows like
+    ``min(m, p)/2 * log(...)`` (45-110 at batch 64), the alignment is at most 1, and
+    without ``gamma`` the rate term drowns the alignment (measured on ABIDE: cross-view
+    cosine fell to 0.1 and nothing view-invariant was learned).
 
     Parameters
     ----------
@@ -83,7 +89,7 @@ def coding_rate_loss(
     Returns
     -------
     total, alignment, rate : Tensor (scalars)
-        ``total = -alignment - rate``.
+        ``total = -alignment - rate``; ``rate`` includes ``gamma``.
     """
     student = student.float()
     teacher = teacher.detach().float()
@@ -92,7 +98,14 @@ def coding_rate_loss(
     off_diag = ~torch.eye(n_views, dtype=torch.bool, device=sims.device)
     alignment = sims[off_diag].mean()
     rate = torch.stack([coding_rate(0.5 * (student[v] + teacher[v]), eps, gather) for v in range(n_views)]).mean()
+    world = dist.get_world_size() if gather is not None and dist.is_available() and dist.is_initialized() else 1
+    rate = rate * rate_balance(student.shape[1] * world, student.shape[2])
     return -alignment - rate, alignment, rate
+
+
+def rate_balance(m: int, p: int) -> float:
+    """SimDINO's balancing factor ``gamma = (p + m) / (p m)`` of the coding-rate term."""
+    return (p + m) / (p * m)
 
 
 def masked_token_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

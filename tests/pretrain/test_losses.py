@@ -19,7 +19,9 @@ def _rate_np(z, eps):
 def _cr_loss_np(s, t, eps):
     v = s.shape[0]
     align = np.mean([np.mean(np.sum(s[a] * t[b], -1)) for a in range(v) for b in range(v) if a != b])
-    rate = np.mean([_rate_np((s[a] + t[a]) / 2, eps) for a in range(v)])
+    m, p = s.shape[1], s.shape[2]
+    gamma = (p + m) / (p * m)  # SimDINO's balancing factor
+    rate = gamma * np.mean([_rate_np((s[a] + t[a]) / 2, eps) for a in range(v)])
     return -align - rate, align, rate
 
 
@@ -77,3 +79,14 @@ def test_paper_scale_constant():
     z[torch.arange(128), torch.arange(128)] = 1.0
     # Z^T Z = I -> R = 1/2 * 128 * log(1 + 5)
     assert np.isclose(coding_rate(z, 0.05).item(), 0.5 * 128 * np.log(6.0), rtol=1e-5)
+
+
+def test_rate_is_balanced_against_alignment():
+    """With SimDINO's gamma the rate of a well-spread batch is O(1), like the alignment
+    (here 2.6; unbalanced it is 110 and drowns the alignment term)."""
+    rng = np.random.default_rng(5)
+    one = _unit(rng, 64, 128)
+    s = np.stack([one, one])  # both views identical: alignment 1
+    _, align, rate = coding_rate_loss(torch.tensor(s).float(), torch.tensor(s).float(), eps=0.05)
+    assert np.isclose(align.item(), 1.0, atol=1e-5)
+    assert 0.3 < rate.item() < 5.0  # unbalanced: 110
