@@ -3,10 +3,18 @@
 
 Released size (D=768, 8 blocks, 12 heads, 9 networks of 61..7 channels, 457 channels),
 random weights, CPU float32, ``torch.set_num_threads(2)``. Both variants share the
-weights; they differ in the tokenizer: ours (skip term folded into the long kernel,
-projection fused into ``baddbmm``, GELU/mean/LayerNorm once for all networks) vs the
-literal per-network module loop (:meth:`SemanticTokenizer.forward_reference`). Runs are
-interleaved and the best of ``--repeats`` is reported, so both see the same machine load.
+weights. Three variants:
+
+- straightforward unbatched: one crop at a time, the literal per-network tokenizer
+  (:meth:`SemanticTokenizer.forward_reference`), attention written as
+  ``softmax(q k^T / sqrt(d)) v`` (the baseline of the target);
+- straightforward (per-network loop): the same literal tokenizer, but batched crops and
+  our transformer (isolates the tokenizer);
+- ours: batched crops, SDPA, and the GEMM tokenizer (long convolution as one banded
+  ``bmm`` per network, projection as one ``addmm``; see ``bids_semantoks/model/tokenizer.py``).
+
+The best of ``--repeats`` is reported; run it on an otherwise idle machine (the numbers
+move by 20-40 % under load).
 
 Usage::
 

@@ -22,14 +22,18 @@ Two implementations share the parameters:
 
 - :meth:`NetworkTokenizer.forward`: a literal, per-network transcription of the above
   (the oracle in the tests and the baseline of ``benchmarks/encoder_speed.py``);
-- :meth:`SemanticTokenizer.forward`: the default path. Batching the *convolutions*
-  across networks (grouped conv with networks padded to the largest R_n, or padded
-  ``bmm``) was measured 1.5-1.8x slower on CPU at D=768 (R_n ranges 7..91, so padding
-  nearly doubles the work) and is not used. The default path loops over networks only
-  for the two convolutions (skip term folded into the long kernel, projection fused
-  into ``baddbmm``) and does GELU, mean and LayerNorm once for all networks. On CPU it
-  is about 20 % faster than the reference at D=64 and within noise of it at D=768,
-  where the tokenizer is ~10 % of the encoder's time (the transformer dominates).
+- :meth:`SemanticTokenizer.forward`: the default path, written for GEMMs. The depthwise
+  long convolution is the costly part of a literal transcription on CPU (~5 GFLOP/s: it
+  is memory-bound). Here it is one batched matrix product per network: each region's
+  H kernels become a banded (Toeplitz) matrix of shape (20 + 15, 20 * H), so
+  ``y[r] = pad(x)[r] @ T[r]`` for all patches at once; the result is laid out
+  channels-last (patch-step rows, ``r*H + h`` columns) so the projection is a single
+  ``addmm`` instead of one small product per patch; GELU and the time mean run per
+  network while its output is still in cache, and the LayerNorm once for all networks.
+  Measured in ``benchmarks/encoder_speed.py``. Batching across networks (grouped conv
+  with networks padded to the largest R_n, or padded ``bmm``) was measured 1.5-1.8x
+  slower on CPU at D=768 (R_n ranges 7..91, so padding nearly doubles the work) and is
+  not used.
 """
 
 from __future__ import annotations
@@ -164,14 +168,33 @@ class SemanticTokenizer(nn.Module):
         return self._tokens(z, x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
+        half = self.dim // 2
+        toks = []
         for net, p in zip(self.nets, self.patches(x)):
-            a = F.conv1d(p, net.dense.weight, net.dense.bias, padding=net.dense.padding)
-            y = F.conv1d(F.pad(p, net.long.padding), net.long.conv_weight(fold_skip=True), groups=p.shape[1])
-            b = torch.baddbmm(net.proj.bias[:, None], net.proj.weight.expand(p.shape[0], -1, -1), y)
-            outs.append(torch.cat([a, b], dim=1))
-        z = F.gelu(torch.stack(outs, dim=1)).mean(dim=-1)  # (B*P, N, D)
+            m, r, t = p.shape
+            a = F.conv1d(p, net.dense.weight, net.dense.bias, padding=net.dense.padding)  # (M, D/2, T)
+            # long convolution as one bmm over regions: (R, M, T+15) @ (R, T+15, T*H)
+            y = torch.bmm(F.pad(p, net.long.padding).transpose(0, 1), _toeplitz(net.long, t))
+            y = y.reshape(r, m, t, net.long.n_kernels).permute(1, 2, 0, 3).reshape(m * t, -1)
+            b = torch.addmm(net.proj.bias, y, net.proj.weight.t()).reshape(m, t, half)
+            toks.append(torch.cat([F.gelu(a).mean(dim=-1), F.gelu(b).mean(dim=1)], dim=1))
+        z = torch.stack(toks, dim=1)  # (B*P, N, D)
         weight = torch.stack([net.norm.weight for net in self.nets])
         bias = torch.stack([net.norm.bias for net in self.nets])
         z = F.layer_norm(z, (self.dim,), eps=self.eps) * weight + bias
         return self._tokens(z, x.shape[0])
+
+
+def _toeplitz(long: LongConv, steps: int) -> torch.Tensor:
+    """Banded matrices of the long convolution, shape (R, steps + L - 1, steps * H).
+
+    ``T[r, s, t*H + h] = w[r, h, s - t]`` (zero outside ``0 <= s - t < L``) with ``w`` the
+    cross-correlation weights of :meth:`LongConv.conv_weight` (skip term folded in), so
+    that ``F.pad(x)[:, r] @ T[r]`` equals the depthwise ``conv1d`` output of region r.
+    Built by one differentiable gather (training uses this path too).
+    """
+    r, h, length = long.n_regions, long.n_kernels, long.kernel_len
+    w = F.pad(long.conv_weight(fold_skip=True).reshape(r, h, length), (0, 1))  # index L = 0
+    lag = torch.arange(steps + length - 1, device=w.device)[:, None] - torch.arange(steps, device=w.device)
+    lag = torch.where((lag >= 0) & (lag < length), lag, length)  # (S, T)
+    return w[:, :, lag].permute(0, 2, 3, 1).reshape(r, steps + length - 1, steps * h)

@@ -144,3 +144,21 @@ def test_config_validation():
         model_preset("huge", ["a"], [0])
     base = model_preset("base", ["a"], [0])
     assert (base.dim, base.depth, base.heads, base.mlp_hidden) == (768, 8, 12, 3072)
+
+
+def test_fast_tokenizer_gradients_equal_reference(default_networks):
+    """Pre-training back-propagates through the default (Toeplitz / GEMM) path: its
+    parameter gradients must equal those of the literal per-network transcription."""
+    torch.manual_seed(2)
+    enc = Encoder(model_preset("tiny", [f"n{i}" for i in range(9)], default_networks.tolist()))
+    x = _crops(3, 457)
+    target = torch.randn(3, 9, 5, enc.config.dim)
+    grads = []
+    for fn in (enc.tokenizer.forward, enc.tokenizer.forward_reference):
+        enc.zero_grad()
+        (fn(x) * target).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in enc.tokenizer.named_parameters()})
+    fast, ref = grads
+    assert fast.keys() == ref.keys() and any(k.endswith("pieces.0") for k in fast)
+    for k in ref:
+        assert torch.allclose(fast[k], ref[k], atol=1e-4, rtol=1e-4), k
