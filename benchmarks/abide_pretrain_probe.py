@@ -167,6 +167,9 @@ def main(argv=None) -> int:
                     help="random-init baselines with seeds seed..seed+N-1 (noise level of the baseline)")
     ap.add_argument("--probe-seed", type=int, default=None,
                     help="seed of the probe folds (default --seed); fix it to compare pre-training seeds")
+    ap.add_argument("--probe-repeats", type=int, default=1,
+                    help="repeat the probes with fold seeds probe-seed..probe-seed+K-1 and report the means "
+                         "(sex and age folds change; dx is leave-site-out and does not)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -216,13 +219,14 @@ def main(argv=None) -> int:
     results = {}
     for name, feats in emb.items():
         t0 = time.perf_counter()
-        results[name] = probe(np.stack([feats[s] for s in subjects]), ph,
-                              args.seed if args.probe_seed is None else args.probe_seed,
-                              pca=128 if name.startswith("FC") else None)
+        first = args.seed if args.probe_seed is None else args.probe_seed
+        runs_k = [probe(np.stack([feats[s] for s in subjects]), ph, first + k,
+                        pca=128 if name.startswith("FC") else None) for k in range(args.probe_repeats)]
+        results[name] = {key: float(np.mean([r[key] for r in runs_k])) for key in runs_k[0]}
         logging.info("probes on %s: %.0f s", name, time.perf_counter() - t0)
     epoch_log = pd.read_csv(folder / "training" / "epoch_log.tsv", sep="\t", na_values="n/a")
     doc = {
-        "n_subjects": len(subjects), "options": options.model_dump(mode="json"),
+        "n_subjects": len(subjects), "options": options.model_dump(mode="json"), "probe_repeats": args.probe_repeats,
         "seconds": {"load": t_load, "pretrain": t_train, "embed": t_embed},
         "epochs_logged": int(len(epoch_log)),
         "loss_tok_last_epoch": float(epoch_log["loss_tok"].iloc[-1]),
@@ -234,6 +238,8 @@ def main(argv=None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "probe_results.json").write_text(json.dumps(doc, indent=2))
+    if args.probe_repeats > 1:
+        print(f"\nprobe scores: means over {args.probe_repeats} fold seeds")
     print(f"\n{len(subjects)} subjects; pre-training {t_train:.0f} s ({options.model_size}, {options.epochs} epochs, "
           f"batch {options.batch_size}); loss {doc['loss_first_epoch']:.3f} -> {doc['loss_last_epoch']:.3f}\n")
     print("| features | dx bal. acc. (leave-site-out) | sex bal. acc. (5-fold) | age r (5-fold) | age MAE (y) "
