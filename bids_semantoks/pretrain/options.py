@@ -92,7 +92,10 @@ class PretrainOptions(BaseModel):
     )
 
     # --- losses -------------------------------------------------------------------------
-    coding_rate_eps: float = Field(0.05, gt=0, description="epsilon of R(Z) = 1/2 logdet(I + p/(m eps) Z^T Z).")
+    coding_rate_eps: float = Field(
+        0.05, gt=0,
+        description="epsilon of R(Z) = 1/2 logdet(I + p/(m eps) Z^T Z); the loss weights R by SimDINO's (p + m)/(p m).",
+    )
     tok_loss_weight: float = Field(0.5, ge=0, description="Weight of the masked-token loss.")
     ttr_weight_start: float = Field(0.5, ge=0, description="TTR weight at step 0 (cosine to 0).")
     ttr_end_fraction: float = Field(0.05, ge=0, le=1, description="TTR weight reaches 0 after this fraction of steps.")
