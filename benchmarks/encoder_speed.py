@@ -10,8 +10,12 @@ weights. Three variants:
   ``softmax(q k^T / sqrt(d)) v`` (the baseline of the target);
 - straightforward (per-network loop): the same literal tokenizer, but batched crops and
   our transformer (isolates the tokenizer);
-- ours: batched crops, SDPA, and the GEMM tokenizer (long convolution as one banded
-  ``bmm`` per network, projection as one ``addmm``; see ``bids_semantoks/model/tokenizer.py``).
+- ours: batched crops, SDPA, the GEMM tokenizer (long convolution as one banded
+  ``bmm`` per network, projection as one GEMM; see ``bids_semantoks/model/tokenizer.py``),
+  and the linear layers through oneDNN's matmul with bias and GELU fused
+  (:func:`bids_semantoks.model.layers.linear`);
+- ours, F.linear GEMMs: the same without oneDNN (MKL GEMMs behind ``F.linear``, GELU as
+  a separate pass), to show what that choice is worth on the machine at hand.
 
 The best of ``--repeats`` is reported; run it on an otherwise idle machine (the numbers
 move by 20-40 % under load).
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from bids_semantoks.atlas import DEFAULT_NETWORK_ORDER
-from bids_semantoks.model import Encoder, model_preset
+from bids_semantoks.model import Encoder, layers, model_preset
 
 SIZES = [61, 77, 46, 47, 26, 52, 91, 50, 7]
 
@@ -50,7 +54,7 @@ def straightforward_forward(enc: Encoder, x: torch.Tensor) -> torch.Tensor:
             att = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5), dim=-1)
             y = blk.attn.proj((att @ v).transpose(0, 1).reshape(h.shape[0], -1))
             h = h + blk.ls1(y)
-            h = h + blk.ls2(blk.mlp(blk.norm2(h)))
+            h = h + blk.ls2(blk.mlp.fc2(torch.nn.functional.gelu(blk.mlp.fc1(blk.norm2(h)))))
         out.append(enc.norm(h))
     return torch.stack(out)
 
@@ -89,6 +93,7 @@ def main() -> None:
         finally:
             enc.reference = False
 
+    onednn_op = layers._ONEDNN_LINEAR
     with torch.inference_mode():
         diff_tok = float((enc.tokenizer(x) - enc.tokenizer.forward_reference(x)).abs().max())
         diff_enc = float((run(False, lambda: enc(x)) - run(True, lambda: enc(x))).abs().max())
@@ -99,12 +104,16 @@ def main() -> None:
             "encoder": best_time(lambda: straightforward_forward(enc, x), max(1, args.repeats // 2)),
             "subject": best_time(lambda: straightforward_forward(enc, subject), args.repeats),
         }
-        for name, reference in (("straightforward (per-network loop)", True), ("ours", False)):
+        for name, reference, onednn in (("straightforward (per-network loop)", True, True),
+                                        ("ours, F.linear GEMMs (no oneDNN)", False, False),
+                                        ("ours", False, True)):
+            layers._ONEDNN_LINEAR = onednn_op if onednn else None
             rows[name] = {
                 "tokenizer": best_time(lambda: run(reference, lambda: enc.tokenize(x)), args.repeats),
                 "encoder": best_time(lambda: run(reference, lambda: enc(x)), args.repeats),
                 "subject": best_time(lambda: run(reference, lambda: enc(subject)), args.repeats),
             }
+        layers._ONEDNN_LINEAR = onednn_op
 
     n = args.batch
     print(f"Encoder speed, CPU float32, {torch.get_num_threads()} threads, D=768 depth 8, "

@@ -52,7 +52,8 @@ def _runs(n_subjects: int, n_channels: int, length: int = 180) -> list[RunSeries
             for i in range(n_subjects)]
 
 
-def measure(size: str, batch: int, steps: int, device: torch.device, compile_: bool = False) -> dict:
+def measure(size: str, batch: int, steps: int, device: torch.device, compile_: bool = False,
+            profile: bool = False) -> dict:
     networks = list(DEFAULT_SIZES)
     channel_networks = [i for i, n in enumerate(networks) for _ in range(DEFAULT_SIZES[n])]
     options = PretrainOptions(
@@ -74,6 +75,16 @@ def measure(size: str, batch: int, steps: int, device: torch.device, compile_: b
         summary = train(model, data, options, Path(tmp) / "bench", DistInfo(0, 1, 0, device),
                         save_model=lambda *a, **k: None)
         total = time.perf_counter() - t0
+    if profile:  # one more (short) run under the profiler: where a step's time goes
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        short = options.model_copy(update={"epochs": 1})
+        part = PretrainData(_runs(batch * 3, len(channel_networks)), dtype=torch.float16).to(device)
+        with tempfile.TemporaryDirectory() as tmp, torch.profiler.profile(activities=acts) as prof:
+            train(model, part, short, Path(tmp) / "prof", DistInfo(0, 1, 0, device), save_model=lambda *a, **k: None)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         mem = f"{peak:.1f} GiB (GPU)"
@@ -97,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per epoch (epoch 2 is timed)")
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile (CUDA)")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 more steps")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = resolve_device(args.device)
@@ -112,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size, batch, steps, comp in configs:
         try:
-            rows.append(measure(size, batch, steps, device, comp))
+            rows.append(measure(size, batch, steps, device, comp, args.profile and not comp))
+            print(rows[-1], flush=True)
         except Exception as exc:  # e.g. compile unavailable: report, keep going
             print(f"{size} batch {batch} compile={comp}: failed ({type(exc).__name__}: {exc})", file=sys.stderr)
     print("\n| device | model | batch | compile | ms/step | subjects/s | peak memory |")

@@ -28,8 +28,9 @@ Two implementations share the parameters:
   H kernels become a banded (Toeplitz) matrix of shape (20 + 15, 20 * H), so
   ``y[r] = pad(x)[r] @ T[r]`` for all patches at once; the result is laid out
   channels-last (patch-step rows, ``r*H + h`` columns) so the projection is a single
-  ``addmm`` instead of one small product per patch; GELU and the time mean run per
-  network while its output is still in cache, and the LayerNorm once for all networks.
+  GEMM instead of one small product per patch (with the GELU fused into it in CPU
+  inference, see :func:`bids_semantoks.model.layers.linear`); GELU and the time mean run
+  per network while its output is still in cache, and the LayerNorm once for all networks.
   Measured in ``benchmarks/encoder_speed.py``. Batching across networks (grouped conv
   with networks padded to the largest R_n, or padded ``bmm``) was measured 1.5-1.8x
   slower on CPU at D=768 (R_n ranges 7..91, so padding nearly doubles the work) and is
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bids_semantoks.model.config import EncoderConfig
+from bids_semantoks.model.layers import linear
 
 __all__ = ["LongConv", "NetworkTokenizer", "SemanticTokenizer"]
 
@@ -176,8 +178,8 @@ class SemanticTokenizer(nn.Module):
             # long convolution as one bmm over regions: (R, M, T+15) @ (R, T+15, T*H)
             y = torch.bmm(F.pad(p, net.long.padding).transpose(0, 1), _toeplitz(net.long, t))
             y = y.reshape(r, m, t, net.long.n_kernels).permute(1, 2, 0, 3).reshape(m * t, -1)
-            b = torch.addmm(net.proj.bias, y, net.proj.weight.t()).reshape(m, t, half)
-            toks.append(torch.cat([F.gelu(a).mean(dim=-1), F.gelu(b).mean(dim=1)], dim=1))
+            b = linear(y, net.proj, "gelu").reshape(m, t, half)  # GELU fused into the GEMM on CPU
+            toks.append(torch.cat([F.gelu(a).mean(dim=-1), b.mean(dim=1)], dim=1))
         z = torch.stack(toks, dim=1)  # (B*P, N, D)
         weight = torch.stack([net.norm.weight for net in self.nets])
         bias = torch.stack([net.norm.bias for net in self.nets])

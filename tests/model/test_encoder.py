@@ -162,3 +162,31 @@ def test_fast_tokenizer_gradients_equal_reference(default_networks):
     assert fast.keys() == ref.keys() and any(k.endswith("pieces.0") for k in fast)
     for k in ref:
         assert torch.allclose(fast[k], ref[k], atol=1e-4, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_linear_fast_path_matches_plain_linear(activation):
+    from bids_semantoks.model import layers
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 200)
+    x = torch.randn(3, 46, 96)
+    with torch.no_grad():
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        if activation == "gelu":
+            plain = torch.nn.functional.gelu(plain)
+    with torch.inference_mode():
+        fast = layers.linear(x, layer, activation)
+    assert fast.shape == plain.shape
+    assert float((fast - plain).abs().max()) <= 1e-5
+    # with autograd the plain path runs (bit-identical) and gradients flow
+    xg = x.clone().requires_grad_(True)
+    out = layers.linear(xg, layer, activation)
+    assert torch.equal(out.detach(), plain)
+    out.sum().backward()
+    assert xg.grad is not None and layer.weight.grad is not None
+    if layers._ONEDNN_LINEAR is not None:  # the fused op really is what inference calls
+        with torch.inference_mode():
+            direct = layers._ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [],
+                                           "none" if activation == "gelu" else "")
+            assert torch.equal(layers.linear(x, layer, activation), direct)
