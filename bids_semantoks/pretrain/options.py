@@ -107,7 +107,11 @@ class PretrainOptions(BaseModel):
     collapse_erank: float = Field(
         2.0, ge=0, description="Warn when the effective rank of the teacher [CLS] projections drops below this."
     )
-    compile: bool = Field(False, description="torch.compile the encoders (CUDA only; experimental).")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the student and teacher encoders: 'auto' = on CUDA (1.5x faster steps on an "
+        "H200, ~1 min of compilation, falls back to eager if compilation fails), never on CPU; true/false force it.",
+    )
 
     @field_validator("name")
     @classmethod

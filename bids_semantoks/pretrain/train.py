@@ -155,7 +155,11 @@ def train(
     gather = all_gather_with_grad if info.distributed else None
 
     model.to(device)
-    if options.compile and device.type == "cuda":
+    if options.compile is True or (options.compile == "auto" and device.type == "cuda"):
+        if options.compile == "auto":  # a missing compiler toolchain costs speed, not the run
+            import torch._dynamo as dynamo
+
+            dynamo.config.suppress_errors = True
         model.student.encoder.compile()
         model.teacher.encoder.compile()
     student_module = model.student
