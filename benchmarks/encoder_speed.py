@@ -101,7 +101,7 @@ def main() -> None:
         rows = {}
         rows["straightforward unbatched (1 crop at a time)"] = {
             "tokenizer": float("nan"),
-            "encoder": best_time(lambda: straightforward_forward(enc, x), max(1, args.repeats // 2)),
+            "encoder": best_time(lambda: straightforward_forward(enc, x), args.repeats),
             "subject": best_time(lambda: straightforward_forward(enc, subject), args.repeats),
         }
         for name, reference, onednn in (("straightforward (per-network loop)", True, True),
