@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,9 +20,11 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none") -> torch
     In CPU float32 inference (no autograd, no autocast) this runs oneDNN's matmul with the
     bias and the GELU fused into its epilogue (``torch.ops.mkldnn._linear_pointwise``, the op
     PyTorch's CPU compiler emits): one pass over the activations instead of three, and on
-    the CPUs measured here (AMD EPYC, AVX-512) 10-50 % faster than the MKL GEMM behind
-    ``F.linear``. Same results up to float32 rounding (~1e-6). Everywhere else (training,
-    CUDA, other dtypes, builds without oneDNN) it is ``F.linear`` (+ ``F.gelu``).
+    the CPU measured here (AMD EPYC, AVX-512) 1.1-2x faster per GEMM than the MKL GEMM
+    behind ``F.linear`` and 1.1-1.3x for the whole encoder (``benchmarks/encoder_speed.py``).
+    Same results up to float32 rounding (~1e-6). Everywhere else (training, CUDA, other
+    dtypes, builds without oneDNN or whose oneDNN refuses the call) it is ``F.linear``
+    (+ ``F.gelu``).
 
     Parameters
     ----------
@@ -36,9 +40,18 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none") -> torch
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
     ):
-        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [], "none" if activation == "gelu" else "")
+        try:
+            return _ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [], "none" if activation == "gelu" else "")
+        except RuntimeError as exc:  # a oneDNN build without this primitive (e.g. some aarch64 wheels)
+            _disable_onednn(exc)
     y = F.linear(x, layer.weight, layer.bias)
     return F.gelu(y) if activation == "gelu" else y
+
+
+def _disable_onednn(exc: Exception) -> None:
+    global _ONEDNN_LINEAR
+    _ONEDNN_LINEAR = None
+    logging.getLogger("bids_semantoks").debug("oneDNN linear unavailable (%s); using F.linear", exc)
 
 
 class Attention(nn.Module):

@@ -190,3 +190,19 @@ def test_linear_fast_path_matches_plain_linear(activation):
             direct = layers._ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [],
                                            "none" if activation == "gelu" else "")
             assert torch.equal(layers.linear(x, layer, activation), direct)
+
+
+def test_linear_falls_back_when_onednn_refuses(monkeypatch):
+    from bids_semantoks.model import layers
+
+    def refuse(*args):
+        raise RuntimeError("primitive not implemented")
+
+    monkeypatch.setattr(layers, "_ONEDNN_LINEAR", refuse)
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        out = layers.linear(x, layer, "gelu")
+        want = torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert torch.equal(out, want)
+    assert layers._ONEDNN_LINEAR is None  # disabled for the rest of the process (monkeypatch restores it)
