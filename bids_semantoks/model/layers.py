@@ -14,8 +14,10 @@ __all__ = ["Attention", "Mlp", "LayerScale", "Block", "linear", "sincos_position
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none") -> torch.Tensor:
-    """``layer(x)``, followed by the exact (erf) GELU when ``activation == "gelu"``.
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none"
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, followed by the exact (erf) GELU when ``activation == "gelu"``.
 
     In CPU float32 inference (no autograd, no autocast) this runs oneDNN's matmul with the
     bias and the GELU fused into its epilogue (``torch.ops.mkldnn._linear_pointwise``, the op
@@ -29,23 +31,30 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none") -> torch
     Parameters
     ----------
     x : Tensor, shape (..., in_features)
-    layer : torch.nn.Linear
+    weight : Tensor, shape (out_features, in_features)
+    bias : Tensor, shape (out_features,), optional
     activation : {"none", "gelu"}
     """
-    if (
+    if onednn_applies(x, weight):
+        try:
+            return _ONEDNN_LINEAR(x, weight, bias, activation, [], "none" if activation == "gelu" else "")
+        except RuntimeError as exc:  # a oneDNN build without this primitive (e.g. some aarch64 wheels)
+            _disable_onednn(exc)
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if activation == "gelu" else y
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` of ``x`` with ``weight`` takes the fused oneDNN path
+    (CPU float32 inference with a oneDNN build)."""
+    return (
         _ONEDNN_LINEAR is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and layer.weight.dtype == torch.float32
+        and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
-    ):
-        try:
-            return _ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [], "none" if activation == "gelu" else "")
-        except RuntimeError as exc:  # a oneDNN build without this primitive (e.g. some aarch64 wheels)
-            _disable_onednn(exc)
-    y = F.linear(x, layer.weight, layer.bias)
-    return F.gelu(y) if activation == "gelu" else y
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
 
 
 def _disable_onednn(exc: Exception) -> None:
@@ -65,9 +74,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = linear(x, self.qkv).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(x, self.qkv.weight).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return linear(out.transpose(1, 2).reshape(b, n, d), self.proj)
+        return linear(out.transpose(1, 2).reshape(b, n, d), self.proj.weight, self.proj.bias)
 
 
 class Mlp(nn.Module):
@@ -79,7 +88,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(linear(x, self.fc1, "gelu"), self.fc2)
+        return linear(linear(x, self.fc1.weight, self.fc1.bias, "gelu"), self.fc2.weight, self.fc2.bias)
 
 
 class LayerScale(nn.Module):

@@ -28,9 +28,13 @@ Two implementations share the parameters:
   H kernels become a banded (Toeplitz) matrix of shape (20 + 15, 20 * H), so
   ``y[r] = pad(x)[r] @ T[r]`` for all patches at once; the result is laid out
   channels-last (patch-step rows, ``r*H + h`` columns) so the projection is a single
-  GEMM instead of one small product per patch (with the GELU fused into it in CPU
-  inference, see :func:`bids_semantoks.model.layers.linear`); GELU and the time mean run
-  per network while its output is still in cache, and the LayerNorm once for all networks.
+  GEMM instead of one small product per patch. In CPU inference the dense branch is a
+  GEMM too, over the unfolded 3-step windows ((patch-step, k*R) @ (k*R, D/2); oneDNN's
+  convolution ran at ~110 GFLOP/s, up to 5x slower than the GEMM for small R_n), and the
+  GELU of both branches is fused into their GEMMs (:func:`bids_semantoks.model.layers.linear`);
+  training and GPUs keep the convolution (the unfolded copy would be kept for backward);
+  the time mean runs per network while its output is still in cache, the LayerNorm once
+  for all networks.
   Measured in ``benchmarks/encoder_speed.py``. Batching across networks (grouped conv
   with networks padded to the largest R_n, or padded ``bmm``) was measured 1.5-1.8x
   slower on CPU at D=768 (R_n ranges 7..91, so padding nearly doubles the work) and is
@@ -44,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bids_semantoks.model.config import EncoderConfig
-from bids_semantoks.model.layers import linear
+from bids_semantoks.model.layers import linear, onednn_applies
 
 __all__ = ["LongConv", "NetworkTokenizer", "SemanticTokenizer"]
 
@@ -174,12 +178,20 @@ class SemanticTokenizer(nn.Module):
         toks = []
         for net, p in zip(self.nets, self.patches(x)):
             m, r, t = p.shape
-            a = F.conv1d(p, net.dense.weight, net.dense.bias, padding=net.dense.padding)  # (M, D/2, T)
+            if onednn_applies(p, net.dense.weight):
+                # CPU inference: dense branch as one GEMM over the unfolded windows,
+                # (M*T, k*R) @ (k*R, D/2) with column j*R + r, GELU fused
+                k = net.dense.kernel_size[0]
+                win = F.pad(p, (k // 2, k // 2)).unfold(2, k, 1).permute(0, 2, 3, 1).reshape(m * t, k * r)
+                w_dense = net.dense.weight.permute(0, 2, 1).reshape(half, k * r)
+                a = linear(win, w_dense, net.dense.bias, "gelu").reshape(m, t, half)
+            else:  # training / GPU: the convolution (no unfolded copy kept for backward)
+                a = F.gelu(F.conv1d(p, net.dense.weight, net.dense.bias, padding=net.dense.padding)).transpose(1, 2)
             # long convolution as one bmm over regions: (R, M, T+15) @ (R, T+15, T*H)
             y = torch.bmm(F.pad(p, net.long.padding).transpose(0, 1), _toeplitz(net.long, t))
             y = y.reshape(r, m, t, net.long.n_kernels).permute(1, 2, 0, 3).reshape(m * t, -1)
-            b = linear(y, net.proj, "gelu").reshape(m, t, half)  # GELU fused into the GEMM on CPU
-            toks.append(torch.cat([F.gelu(a).mean(dim=-1), b.mean(dim=1)], dim=1))
+            b = linear(y, net.proj.weight, net.proj.bias, "gelu").reshape(m, t, half)
+            toks.append(torch.cat([a.mean(dim=1), b.mean(dim=1)], dim=1))
         z = torch.stack(toks, dim=1)  # (B*P, N, D)
         weight = torch.stack([net.norm.weight for net in self.nets])
         bias = torch.stack([net.norm.bias for net in self.nets])

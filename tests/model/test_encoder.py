@@ -176,12 +176,12 @@ def test_linear_fast_path_matches_plain_linear(activation):
         if activation == "gelu":
             plain = torch.nn.functional.gelu(plain)
     with torch.inference_mode():
-        fast = layers.linear(x, layer, activation)
+        fast = layers.linear(x, layer.weight, layer.bias, activation)
     assert fast.shape == plain.shape
     assert float((fast - plain).abs().max()) <= 1e-5
     # with autograd the plain path runs (bit-identical) and gradients flow
     xg = x.clone().requires_grad_(True)
-    out = layers.linear(xg, layer, activation)
+    out = layers.linear(xg, layer.weight, layer.bias, activation)
     assert torch.equal(out.detach(), plain)
     out.sum().backward()
     assert xg.grad is not None and layer.weight.grad is not None
@@ -189,7 +189,7 @@ def test_linear_fast_path_matches_plain_linear(activation):
         with torch.inference_mode():
             direct = layers._ONEDNN_LINEAR(x, layer.weight, layer.bias, activation, [],
                                            "none" if activation == "gelu" else "")
-            assert torch.equal(layers.linear(x, layer, activation), direct)
+            assert torch.equal(layers.linear(x, layer.weight, layer.bias, activation), direct)
 
 
 def test_linear_falls_back_when_onednn_refuses(monkeypatch):
@@ -202,7 +202,23 @@ def test_linear_falls_back_when_onednn_refuses(monkeypatch):
     layer = torch.nn.Linear(16, 8)
     x = torch.randn(5, 16)
     with torch.inference_mode():
-        out = layers.linear(x, layer, "gelu")
+        out = layers.linear(x, layer.weight, layer.bias, "gelu")
         want = torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))
     assert torch.equal(out, want)
     assert layers._ONEDNN_LINEAR is None  # disabled for the rest of the process (monkeypatch restores it)
+
+
+def test_inference_and_training_tokenizer_paths_agree(default_networks):
+    """CPU inference takes the GEMM dense branch (unfolded windows, fused GELU); training
+    keeps the convolution. Same tokens either way."""
+    from bids_semantoks.model import layers
+
+    torch.manual_seed(4)
+    enc = Encoder(model_preset("small", [f"n{i}" for i in range(9)], default_networks.tolist()))
+    x = _crops(3, 457)
+    with torch.inference_mode():
+        assert layers.onednn_applies(x, enc.tokenizer.nets[0].dense.weight) == (layers._ONEDNN_LINEAR is not None)
+        infer = enc.tokenizer(x)
+    assert not layers.onednn_applies(x, enc.tokenizer.nets[0].dense.weight)  # grad enabled, trainable weights
+    train = enc.tokenizer(x).detach()
+    assert float((infer - train).abs().max()) <= 1e-5
