@@ -3,7 +3,7 @@
 
 Released size (D=768, 8 blocks, 12 heads, 9 networks of 61..7 channels, 457 channels),
 random weights, CPU float32, ``torch.set_num_threads(2)``. Both variants share the
-weights. Three variants:
+weights. Four variants:
 
 - straightforward unbatched: one crop at a time, the literal per-network tokenizer
   (:meth:`SemanticTokenizer.forward_reference`), attention written as

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "Mlp", "LayerScale", "Block", "linear", "sincos_positions", "init_weights"]
+__all__ = ["Attention", "Mlp", "LayerScale", "Block", "linear", "onednn_applies", "sincos_positions", "init_weights"]
 
 #: oneDNN's matmul with fused post-ops, as PyTorch's own CPU compiler (inductor) calls it.
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
