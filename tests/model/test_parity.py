@@ -56,12 +56,17 @@ def test_unmasked_samples_unchanged_by_mask(outputs):
     assert not torch.allclose(outputs["tokens_masked"][1], outputs["tokens"][1])
 
 
-def test_reference_tokenizer_is_bit_exact_and_fast_path_close(parity_encoder, parity_inputs, parity_expected):
+def test_reference_tokenizer_matches_and_fast_path_close(parity_encoder, parity_inputs, parity_expected):
+    """The literal per-network loop reproduces the authors' tokenizer output.
+
+    Not bit for bit: the fixture was made on an AVX-512 CPU, and oneDNN's convolution
+    rounds differently on AVX2 machines (5e-7 seen); the tolerance is the parity one.
+    """
     x = torch.from_numpy(parity_inputs["x"])
     with torch.inference_mode():
         ref = parity_encoder.tokenizer.forward_reference(x).numpy()
         fast = parity_encoder.tokenizer(x).numpy()
-    assert np.array_equal(ref, parity_expected["tokenizer_out"])
+    assert np.abs(ref - parity_expected["tokenizer_out"]).max() <= TOL
     assert np.abs(fast - ref).max() <= TOL
 
 
