@@ -344,6 +344,41 @@ def get_default_atlas(
     )
 
 
+#: Package data: the 457-row region table of the default atlas (byte-identical to the derived
+#: ``_dseg.tsv`` of both spaces, whose sha256 is pinned in atlases.json).
+PACKAGED_TABLE = "atlas-SchaeferTianBuckner457_dseg.tsv"
+
+
+@lru_cache(maxsize=1)
+def packaged_default_table() -> AtlasTable:
+    """The default atlas's region table shipped with the package (no cache, no network).
+
+    The file is checked against the pinned sha256 of the derived ``_dseg.tsv``
+    (``reference_derived`` in atlases.json), so it cannot drift from the atlas the
+    cache builds.
+
+    Returns
+    -------
+    AtlasTable
+        Label :data:`DEFAULT_ATLAS_LABEL`, 457 regions in channel order.
+
+    Raises
+    ------
+    DataError
+        The packaged file does not match its pinned sha256 (a damaged installation).
+    """
+    res = resources.files("bids_semantoks.data").joinpath(PACKAGED_TABLE)
+    with resources.as_file(res) as path:
+        ref = load_registry()["spaces"][SUPPORTED_SPACES[0]]["reference_derived"]
+        pinned = ref[f"derived/{_build.derived_stem(SUPPORTED_SPACES[0])}.tsv"]
+        if not is_valid(Path(path), int(pinned["size"]), pinned["sha256"]):
+            raise DataError(
+                f"{path}: the packaged default atlas table does not match its pinned sha256; "
+                "reinstall bids_semantoks"
+            )
+        return _check_default_table(AtlasTable.from_tsv(path, label=DEFAULT_ATLAS_LABEL), Path(path))
+
+
 def get_default_table(
     *,
     atlas_dir: str | Path | None = None,
@@ -352,15 +387,10 @@ def get_default_table(
 ) -> AtlasTable:
     """The 457-row region table of the default atlas, without any image.
 
-    Read from a verified derived ``_dseg.tsv`` in the cache when there is one, else built
-    from the three upstream label text files (about 37 kB, downloaded when missing).
-
-    Parameters
-    ----------
-    atlas_dir, data_dir : str or Path, optional
-        Cache location (see :func:`resolve_atlas_dir`).
-    download : bool, default True
-        Allow downloads of missing label files.
+    Shipped as package data (:func:`packaged_default_table`), so it needs neither an atlas
+    cache nor a network: ``load_encoder`` of the authors' checkpoint and time-series input
+    work on a fresh installation. The cache arguments are accepted for compatibility and
+    not used.
 
     Returns
     -------
@@ -369,11 +399,21 @@ def get_default_table(
         DorsAttn 46, SalVentAttn 47, Limbic 26, Cont 52, Default 91, Subcortex 50,
         Cerebellum 7, in this token order.
     """
+    return packaged_default_table()
+
+
+def table_from_label_files(
+    *,
+    atlas_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+) -> AtlasTable:
+    """The default table rebuilt from the three upstream label text files (about 37 kB).
+
+    Used to check the packaged table against its upstream sources; downloads the label
+    files into the cache when missing and allowed.
+    """
     root = resolve_atlas_dir(atlas_dir, data_dir)
-    for space in SUPPORTED_SPACES:
-        if _derived_ok(root, space):
-            tsv = _derived_paths(root, space)["tsv"]
-            return _check_default_table(AtlasTable.from_tsv(tsv, label=DEFAULT_ATLAS_LABEL), tsv)
     rows = _rows_from_label_files(root, download=download)
     table = AtlasTable(
         label=DEFAULT_ATLAS_LABEL,
