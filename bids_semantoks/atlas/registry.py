@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -450,7 +451,8 @@ def get_user_atlas(
     Returns
     -------
     ResolvedAtlas
-        ``table.label`` is the ``atlas-`` entity of the file name (or its stem).
+        ``table.label`` is :func:`user_atlas_label` of the table's file name: a valid BIDS
+        label for the ``atlas-`` entity of the output names.
 
     Raises
     ------
@@ -463,7 +465,7 @@ def get_user_atlas(
     tsv = Path(tsv_path).expanduser()
     if not tsv.name.endswith("_dseg.tsv"):
         raise UsageError(f"{tsv}: a user atlas must be a BIDS '_dseg.tsv' file; rename it or pass the _dseg.tsv")
-    table = AtlasTable.from_tsv(tsv)
+    table = AtlasTable.from_tsv(tsv, label=user_atlas_label(tsv))
     image, looked_for = _find_user_image(tsv, space)
     if image is None and need_image:
         raise MissingInputError(
@@ -486,6 +488,45 @@ def get_user_atlas(
         citation=citation,
         dseg_tsv_path=tsv,
     )
+
+
+def user_atlas_label(tsv_path: str | Path) -> str:
+    """The ``atlas-<label>`` of a user atlas's outputs, derived from its file name.
+
+    The value of the file's own ``atlas-`` entity when it has one, else the name before
+    ``_dseg.tsv``; either with every character outside ``[A-Za-z0-9]`` removed, since a BIDS
+    label is alphanumeric (a ``-`` or ``_`` inside it would make pybids, and the group
+    level, split the output names into other entities).
+
+    Parameters
+    ----------
+    tsv_path : str or Path
+        The atlas ``_dseg.tsv``.
+
+    Returns
+    -------
+    str
+        An alphanumeric label, never empty.
+
+    Raises
+    ------
+    UsageError
+        The name holds no letter or digit to make a label from.
+
+    Examples
+    --------
+    >>> user_atlas_label("atlas-CC200_space-MNI152NLin6Asym_dseg.tsv")
+    'CC200'
+    >>> user_atlas_label("Schaefer400-7N_TianS3_Buckner7_MNI152NLin2009cAsym_2mm_dseg.tsv")
+    'Schaefer4007NTianS3Buckner7MNI152NLin2009cAsym2mm'
+    """
+    name = Path(tsv_path).name
+    stem = name[: -len("_dseg.tsv")] if name.endswith("_dseg.tsv") else name.split(".")[0]
+    raw = _entity(stem, "atlas") or stem
+    label = re.sub(r"[^A-Za-z0-9]", "", raw)
+    if not label:
+        raise UsageError(f"{tsv_path}: cannot make an atlas label from this file name; name it atlas-<label>_dseg.tsv")
+    return label
 
 
 def _find_user_image(tsv: Path, space: str | None) -> tuple[Path | None, list[str]]:
