@@ -85,7 +85,9 @@ def prefetch(
     model : bool, default True
         Also fetch the official model weights.
     verify : bool, default False
-        Compare the cached weights with the hub's published sha256 (when reachable).
+        Compare the cached weights with the hub's published sha256 (when reachable), and
+        the derived atlases' Schaefer labels with TemplateFlow's Schaefer 2018 files when
+        they are in ``$TEMPLATEFLOW_HOME`` (:func:`bids_semantoks.atlas.templates.schaefer_crosscheck`).
     log : callable
         Progress messages (one line each).
 
@@ -115,6 +117,16 @@ def prefetch(
         resolved = registry.get_default_atlas(space, atlas_dir=atlas_dir, download=True)
         log(f"atlas {resolved.label} ({space}): {resolved.dseg_img_path} [{resolved.table.n_regions} regions, verified]")
         out[space] = Path(resolved.dseg_img_path)
+    if verify:
+        from bids_semantoks.atlas.templates import schaefer_crosscheck, templateflow_home
+
+        for space in spaces:
+            check = schaefer_crosscheck(out[space], space)
+            if check is None:
+                log(f"atlas {space}: no TemplateFlow Schaefer 2018 file in {templateflow_home()}: not cross-checked")
+            else:
+                log(f"atlas {space}: Schaefer labels agree with TemplateFlow's {Path(check['templateflow_file']).name} "
+                    f"on {check['agreement']:.1%} of {check['common_voxels']} cortical voxels")
     make_world_readable(atlas_dir)
     if model:
         from bids_semantoks.model.hub import official_provenance, verify_official_with_hub
@@ -150,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="SPACE", help=f"template spaces (default: all of {', '.join(SUPPORTED_SPACES)})")
     parser.add_argument("--skip-model", action="store_true", help="do not download the official model weights")
     parser.add_argument("--verify", action="store_true",
-                        help="compare the cached weights with the sha256 the hub publishes (when the hub is reachable)")
+                        help="compare the cached weights with the sha256 the hub publishes (when the hub is reachable) "
+                             "and the atlases with TemplateFlow's Schaefer 2018 files (when in $TEMPLATEFLOW_HOME)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
