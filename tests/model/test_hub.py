@@ -254,3 +254,20 @@ def shared_atlases():
     if not (shared / "derived").is_dir():
         pytest.skip(f"{shared} not found")
     return shared
+
+
+def test_records_written_before_provenance_was_kept(tmp_path, monkeypatch, local_hub):
+    """An old record (sha256 only): official only when the hub client's own metadata shows a download."""
+    url, payload, hits, _ = local_hub
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    fetch_official(tmp_path)
+    record = tmp_path / "models" / f"{FILENAME}.sha256.json"
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({k: doc[k] for k in ("file", "sha256", "size")} | {"source": "huggingface:x"}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prov = official_provenance(tmp_path)
+    assert (prov.label, prov.how_obtained, prov.revision) == (OFFICIAL_LABEL, "hub-download", COMMIT)
+    placed = tmp_path / "placed"
+    _place(placed, payload)
+    (placed / "models" / f"{FILENAME}.sha256.json").write_text(record.read_text())
+    assert official_provenance(placed).label == USERPLACED_LABEL
