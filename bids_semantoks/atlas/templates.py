@@ -274,7 +274,13 @@ def check_bold_grid(img, space: str | None, res: str | None = None, where: str |
     if space not in TEMPLATES:
         return GridCheck(None, None)
     shape, affine = tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=float)
-    grids = template_grids(space)
+    try:
+        grids = template_grids(space)
+    except (DataError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # no description: no check
+        LOGGER.debug("%s: TemplateFlow grids of %s unavailable (%s); grid not checked", where, space, exc)
+        return GridCheck(None, None)
+    if not grids:
+        return GridCheck(None, None)
     on = next((r for r, (gs, ga) in grids.items() if _same_voxels(shape, affine, gs, ga)), None)
     # field of view: bounding boxes of the voxel centres
     box = _corner_centres(shape, affine)
