@@ -90,12 +90,13 @@ def resolve_model(settings: Settings, atlas: dict[str, Any]) -> dict[str, Any] |
     import numpy as np
     import torch
 
-    from bids_semantoks.model import fetch_official, load_encoder
+    from bids_semantoks.model import load_encoder
+    from bids_semantoks.model.hub import official_provenance
 
     data_dir = settings.run.data_dir
-    if spec == "official":
-        path = Path(fetch_official(data_dir))
-        label, source, is_demo = "official", "huggingface:SamGijsen/Brain-Semantoks/brainsemantoks_ckpt_epoch_100.pth", False
+    if spec == "official":  # label "official" only for bytes shown to be the release (model/hub.py)
+        prov = official_provenance(data_dir)
+        path, label, source, is_demo = Path(prov.path), prov.label, prov.source, False
     else:
         path = Path(spec).expanduser().resolve()
         if not path.exists():

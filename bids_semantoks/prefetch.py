@@ -3,14 +3,18 @@
 Used when building the container images (and by HPC admins filling a shared cache on a
 login node that has internet)::
 
-    python -m bids_semantoks.prefetch [--data-dir DIR] [--spaces SPACE ...] [--skip-model]
+    python -m bids_semantoks.prefetch [--data-dir DIR] [--spaces SPACE ...] [--skip-model] [--verify]
 
 1. the default 457-region atlas for every requested template space (both supported
    spaces by default): upstream files downloaded and checked against their pinned sha256
    (``BIDS_SEMANTOKS_ATLAS_MIRROR`` replaces the upstream URLs), derived files built and
    verified (:func:`bids_semantoks.atlas.registry.get_default_atlas`);
 2. the official Brain-Semantoks weights (:func:`bids_semantoks.model.fetch_official`),
-   unless ``--skip-model``;
+   unless ``--skip-model``; the line printed says how the file arrived (``hub-download``
+   with its revision, or ``user-placed``) and its model label. With ``--verify`` the cached
+   file's sha256 is compared with the sha256 the hub publishes for it when the hub is
+   reachable (a mismatch exits 65; an unreachable hub is reported, not an error), and a match
+   is recorded, so a hand-placed copy of the release is then labelled ``official``;
 3. everything under the filled folders made world-readable (files ``a+r``, folders
    ``a+rx``), so a container run with any ``--user`` (or another account sharing the
    cache) can read it. A filled cache is only read at run time, so it may be mounted
@@ -66,6 +70,7 @@ def prefetch(
     spaces: list[str] | tuple[str, ...] | None = None,
     *,
     model: bool = True,
+    verify: bool = False,
     log=print,
 ) -> dict[str, Path]:
     """Download and verify the atlases (and the official weights); return what was filled.
@@ -79,6 +84,10 @@ def prefetch(
         Template spaces of the default atlas; default all supported spaces.
     model : bool, default True
         Also fetch the official model weights.
+    verify : bool, default False
+        Compare the cached weights with the hub's published sha256 (when reachable), and
+        the derived atlases' Schaefer labels with TemplateFlow's Schaefer 2018 files when
+        they are in ``$TEMPLATEFLOW_HOME`` (:func:`bids_semantoks.atlas.templates.schaefer_crosscheck`).
     log : callable
         Progress messages (one line each).
 
@@ -108,12 +117,30 @@ def prefetch(
         resolved = registry.get_default_atlas(space, atlas_dir=atlas_dir, download=True)
         log(f"atlas {resolved.label} ({space}): {resolved.dseg_img_path} [{resolved.table.n_regions} regions, verified]")
         out[space] = Path(resolved.dseg_img_path)
+    if verify:
+        from bids_semantoks.atlas.templates import schaefer_crosscheck, templateflow_home
+
+        for space in spaces:
+            check = schaefer_crosscheck(out[space], space)
+            if check is None:
+                log(f"atlas {space}: no TemplateFlow Schaefer 2018 file in {templateflow_home()}: not cross-checked")
+            else:
+                log(f"atlas {space}: Schaefer labels agree with TemplateFlow's {Path(check['templateflow_file']).name} "
+                    f"on {check['agreement']:.1%} of {check['common_voxels']} cortical voxels")
     make_world_readable(atlas_dir)
     if model:
-        from bids_semantoks.model import fetch_official
+        from bids_semantoks.model.hub import official_provenance, verify_official_with_hub
 
-        path = Path(fetch_official(data_dir))
-        log(f"model official: {path} [{path.stat().st_size} B, sha256 recorded]")
+        prov = official_provenance(data_dir)
+        path = Path(prov.path)
+        rev = f" @ {prov.revision}" if prov.revision else ""
+        log(f"model official: {path} [{prov.size} B, sha256 {prov.sha256[:12]}, {prov.how_obtained}{rev}, "
+            f"label {prov.label}]")
+        if verify:
+            ok, message = verify_official_with_hub(data_dir)
+            log(f"model verify: {message}")
+            if ok and prov.label != "official":
+                log(f"model official: now labelled {official_provenance(data_dir).label}")
         out["models"] = path.parent
         make_world_readable(path.parent)
     if data_dir is not None:
@@ -134,12 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spaces", nargs="+", default=list(SUPPORTED_SPACES), choices=SUPPORTED_SPACES,
                         metavar="SPACE", help=f"template spaces (default: all of {', '.join(SUPPORTED_SPACES)})")
     parser.add_argument("--skip-model", action="store_true", help="do not download the official model weights")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare the cached weights with the sha256 the hub publishes (when the hub is reachable) "
+                             "and the atlases with TemplateFlow's Schaefer 2018 files (when in $TEMPLATEFLOW_HOME)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EX_USAGE if exc.code else 0
     try:
-        prefetch(args.data_dir, args.spaces, model=not args.skip_model,
+        prefetch(args.data_dir, args.spaces, model=not args.skip_model, verify=args.verify,
                  log=lambda msg: print(f"prefetch: {msg}", flush=True))
     except BidsAppError as exc:
         print(f"prefetch: error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -344,6 +345,41 @@ def get_default_atlas(
     )
 
 
+#: Package data: the 457-row region table of the default atlas (byte-identical to the derived
+#: ``_dseg.tsv`` of both spaces, whose sha256 is pinned in atlases.json).
+PACKAGED_TABLE = "atlas-SchaeferTianBuckner457_dseg.tsv"
+
+
+@lru_cache(maxsize=1)
+def packaged_default_table() -> AtlasTable:
+    """The default atlas's region table shipped with the package (no cache, no network).
+
+    The file is checked against the pinned sha256 of the derived ``_dseg.tsv``
+    (``reference_derived`` in atlases.json), so it cannot drift from the atlas the
+    cache builds.
+
+    Returns
+    -------
+    AtlasTable
+        Label :data:`DEFAULT_ATLAS_LABEL`, 457 regions in channel order.
+
+    Raises
+    ------
+    DataError
+        The packaged file does not match its pinned sha256 (a damaged installation).
+    """
+    res = resources.files("bids_semantoks.data").joinpath(PACKAGED_TABLE)
+    with resources.as_file(res) as path:
+        ref = load_registry()["spaces"][SUPPORTED_SPACES[0]]["reference_derived"]
+        pinned = ref[f"derived/{_build.derived_stem(SUPPORTED_SPACES[0])}.tsv"]
+        if not is_valid(Path(path), int(pinned["size"]), pinned["sha256"]):
+            raise DataError(
+                f"{path}: the packaged default atlas table does not match its pinned sha256; "
+                "reinstall bids_semantoks"
+            )
+        return _check_default_table(AtlasTable.from_tsv(path, label=DEFAULT_ATLAS_LABEL), Path(path))
+
+
 def get_default_table(
     *,
     atlas_dir: str | Path | None = None,
@@ -352,15 +388,10 @@ def get_default_table(
 ) -> AtlasTable:
     """The 457-row region table of the default atlas, without any image.
 
-    Read from a verified derived ``_dseg.tsv`` in the cache when there is one, else built
-    from the three upstream label text files (about 37 kB, downloaded when missing).
-
-    Parameters
-    ----------
-    atlas_dir, data_dir : str or Path, optional
-        Cache location (see :func:`resolve_atlas_dir`).
-    download : bool, default True
-        Allow downloads of missing label files.
+    Shipped as package data (:func:`packaged_default_table`), so it needs neither an atlas
+    cache nor a network: ``load_encoder`` of the authors' checkpoint and time-series input
+    work on a fresh installation. The cache arguments are accepted for compatibility and
+    not used.
 
     Returns
     -------
@@ -369,11 +400,21 @@ def get_default_table(
         DorsAttn 46, SalVentAttn 47, Limbic 26, Cont 52, Default 91, Subcortex 50,
         Cerebellum 7, in this token order.
     """
+    return packaged_default_table()
+
+
+def table_from_label_files(
+    *,
+    atlas_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+) -> AtlasTable:
+    """The default table rebuilt from the three upstream label text files (about 37 kB).
+
+    Used to check the packaged table against its upstream sources; downloads the label
+    files into the cache when missing and allowed.
+    """
     root = resolve_atlas_dir(atlas_dir, data_dir)
-    for space in SUPPORTED_SPACES:
-        if _derived_ok(root, space):
-            tsv = _derived_paths(root, space)["tsv"]
-            return _check_default_table(AtlasTable.from_tsv(tsv, label=DEFAULT_ATLAS_LABEL), tsv)
     rows = _rows_from_label_files(root, download=download)
     table = AtlasTable(
         label=DEFAULT_ATLAS_LABEL,
@@ -410,7 +451,8 @@ def get_user_atlas(
     Returns
     -------
     ResolvedAtlas
-        ``table.label`` is the ``atlas-`` entity of the file name (or its stem).
+        ``table.label`` is :func:`user_atlas_label` of the table's file name: a valid BIDS
+        label for the ``atlas-`` entity of the output names.
 
     Raises
     ------
@@ -423,7 +465,7 @@ def get_user_atlas(
     tsv = Path(tsv_path).expanduser()
     if not tsv.name.endswith("_dseg.tsv"):
         raise UsageError(f"{tsv}: a user atlas must be a BIDS '_dseg.tsv' file; rename it or pass the _dseg.tsv")
-    table = AtlasTable.from_tsv(tsv)
+    table = AtlasTable.from_tsv(tsv, label=user_atlas_label(tsv))
     image, looked_for = _find_user_image(tsv, space)
     if image is None and need_image:
         raise MissingInputError(
@@ -446,6 +488,45 @@ def get_user_atlas(
         citation=citation,
         dseg_tsv_path=tsv,
     )
+
+
+def user_atlas_label(tsv_path: str | Path) -> str:
+    """The ``atlas-<label>`` of a user atlas's outputs, derived from its file name.
+
+    The value of the file's own ``atlas-`` entity when it has one, else the name before
+    ``_dseg.tsv``; either with every character outside ``[A-Za-z0-9]`` removed, since a BIDS
+    label is alphanumeric (a ``-`` or ``_`` inside it would make pybids, and the group
+    level, split the output names into other entities).
+
+    Parameters
+    ----------
+    tsv_path : str or Path
+        The atlas ``_dseg.tsv``.
+
+    Returns
+    -------
+    str
+        An alphanumeric label, never empty.
+
+    Raises
+    ------
+    UsageError
+        The name holds no letter or digit to make a label from.
+
+    Examples
+    --------
+    >>> user_atlas_label("atlas-CC200_space-MNI152NLin6Asym_dseg.tsv")
+    'CC200'
+    >>> user_atlas_label("Schaefer400-7N_TianS3_Buckner7_MNI152NLin2009cAsym_2mm_dseg.tsv")
+    'Schaefer4007NTianS3Buckner7MNI152NLin2009cAsym2mm'
+    """
+    name = Path(tsv_path).name
+    stem = name[: -len("_dseg.tsv")] if name.endswith("_dseg.tsv") else name.split(".")[0]
+    raw = _entity(stem, "atlas") or stem
+    label = re.sub(r"[^A-Za-z0-9]", "", raw)
+    if not label:
+        raise UsageError(f"{tsv_path}: cannot make an atlas label from this file name; name it atlas-<label>_dseg.tsv")
+    return label
 
 
 def _find_user_image(tsv: Path, space: str | None) -> tuple[Path | None, list[str]]:

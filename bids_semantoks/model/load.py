@@ -18,8 +18,8 @@ __all__ = ["load_encoder", "default_network_map"]
 def default_network_map(data_dir: str | Path | None = None) -> np.ndarray:
     """Network id of each of the 457 channels of the default atlas (token order).
 
-    Read from the default atlas table (``bids_semantoks.atlas.registry.get_default_table``),
-    which may download its label files once.
+    Read from the default atlas table shipped as package data
+    (``bids_semantoks.atlas.registry.get_default_table``): no atlas cache, no network.
 
     Raises
     ------

@@ -104,10 +104,14 @@ def _same_volume(a: Path, b: Path) -> bool:
 
 
 def test_default_table_from_label_files_only(tmp_path, atlas_server, shared_atlases, monkeypatch):
-    """Empty cache: only the three label text files are downloaded, no image."""
+    """Empty cache: only the three label text files are downloaded, no image; the table they
+    give equals the one shipped with the package."""
+    from bids_semantoks.atlas.registry import table_from_label_files
+
     monkeypatch.setenv(MIRROR_ENV, atlas_server.url)
     cache = tmp_path / "cache"
-    table = get_default_table(atlas_dir=cache)
+    table = table_from_label_files(atlas_dir=cache)
+    assert table == get_default_table(atlas_dir=tmp_path / "unused")
     assert isinstance(table, AtlasTable)
     assert table.label == DEFAULT_ATLAS_LABEL
     assert table.n_regions == 457
@@ -128,9 +132,14 @@ def test_default_table_from_label_files_only(tmp_path, atlas_server, shared_atla
     assert table.to_frame().equals(pd.read_csv(ref_2009c, sep="\t"))
 
 
-def test_default_table_offline_empty_cache_fails_clearly(tmp_path):
+def test_default_table_offline_empty_cache(tmp_path):
+    """The packaged table needs no cache; rebuilding it from label files offline fails clearly."""
+    from bids_semantoks.atlas.registry import table_from_label_files
+
+    assert get_default_table(atlas_dir=tmp_path / "empty", download=False).n_regions == 457
+    assert not (tmp_path / "empty").exists()
     with pytest.raises(MissingInputError, match="to work offline"):
-        get_default_table(atlas_dir=tmp_path / "empty", download=False)
+        table_from_label_files(atlas_dir=tmp_path / "empty", download=False)
 
 
 # ---------------------------------------------------------------- user atlases

@@ -58,26 +58,19 @@ def test_fills_both_spaces_world_readable(mirror, tmp_path, strict_umask, monkey
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == before
 
 
-def test_one_space_and_the_model(mirror, tmp_path, strict_umask, monkeypatch):
-    calls = []
-
-    def fake_fetch(data_dir=None):
-        models = Path(data_dir) / "models"
-        models.mkdir(parents=True)
-        target = models / "brainsemantoks_ckpt_epoch_100.pth"
-        target.write_bytes(b"weights")
-        calls.append(Path(data_dir))
-        return target
-
-    import bids_semantoks.model as model
-
-    monkeypatch.setattr(model, "fetch_official", fake_fetch)
+def test_one_space_and_the_model(mirror, tmp_path, strict_umask, monkeypatch, capsys):
+    """A checkpoint put in the cache by hand: used without a download, said to be user-placed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub: the hand-placed file must be enough
     data = tmp_path / "data"
+    models = data / "models"
+    models.mkdir(parents=True)
+    (models / "brainsemantoks_ckpt_epoch_100.pth").write_bytes(b"weights")
     assert pf.main(["--data-dir", str(data), "--spaces", "MNI152NLin6Asym"]) == 0
-    assert calls == [data.absolute()]
     derived = sorted(p.name for p in (data / "atlases" / "derived").glob("*_dseg.nii.gz"))
     assert derived == ["Schaefer400-7N_TianS3_Buckner7_MNI152NLin6Asym_2mm_dseg.nii.gz"]
-    assert stat.S_IMODE((data / "models" / "brainsemantoks_ckpt_epoch_100.pth").stat().st_mode) & 0o444 == 0o444
+    assert stat.S_IMODE((models / "brainsemantoks_ckpt_epoch_100.pth").stat().st_mode) & 0o444 == 0o444
+    out = capsys.readouterr().out
+    assert "user-placed" in out and "label userplaced" in out and "label official" not in out
 
 
 def test_without_data_dir_uses_the_app_cache(mirror, tmp_path, monkeypatch):

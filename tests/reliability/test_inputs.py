@@ -32,7 +32,8 @@ def test_every_level_leaves_bids_dir_unchanged(cli, tiny_bids, tmp_path, monkeyp
     (data / "models" / "brainsemantoks_ckpt_epoch_100.pth").write_bytes(payload)
     (data / "models" / "brainsemantoks_ckpt_epoch_100.pth.sha256.json").write_text(json.dumps(
         {"file": "brainsemantoks_ckpt_epoch_100.pth", "sha256": hashlib.sha256(payload).hexdigest(),
-         "size": len(payload)}))
+         "size": len(payload), "how_obtained": "hub-download", "revision": "0" * 40,
+         "hub_sha256": hashlib.sha256(payload).hexdigest()}))
     atlases = tmp_path / "atlases"
     pheno = tmp_path / "pheno.tsv"
     pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "score": [1.0, 2.0]}).to_csv(pheno, sep="\t", index=False)
