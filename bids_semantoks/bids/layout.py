@@ -223,19 +223,39 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _tr_from_sidecar(meta: dict[str, Any], path: Path) -> float:
-    tr = meta.get("RepetitionTime")
-    if tr is None and meta.get("SamplingFrequency"):
-        tr = 1.0 / float(meta["SamplingFrequency"])
-    if tr is None:
+    """Repetition time (s) from a sidecar's ``RepetitionTime`` and/or ``SamplingFrequency``.
+
+    Either field may be given; when both are, they must agree (within 0.1 %): a sidecar that
+    contradicts itself is bad data, whichever field is right. Every problem is a
+    :class:`DataError` naming ``path``, so it concerns this run only.
+    """
+    import math
+
+    values = {}
+    for key in ("RepetitionTime", "SamplingFrequency"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: {key} {value!r} is not a number; fix the JSON sidecar") from None
+        if isinstance(value, bool) or not math.isfinite(number) or not number > 0:
+            raise DataError(f"{path}: {key} is {value!r}; it must be a positive number (RepetitionTime in "
+                            "seconds, SamplingFrequency in Hz); fix the JSON sidecar")
+        values[key] = number
+    if not values:
         raise DataError(
             f"{path}: sidecar has no RepetitionTime; add it (seconds) to the JSON sidecar of this run"
         )
-    try:
-        tr = float(tr)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: RepetitionTime {tr!r} is not a number; fix the JSON sidecar") from None
-    if not tr > 0:
-        raise DataError(f"{path}: RepetitionTime is {tr}; it must be positive (seconds)")
+    tr = values.get("RepetitionTime", 1.0 / values.get("SamplingFrequency", 1.0))
+    if "SamplingFrequency" in values and "RepetitionTime" in values:
+        other = 1.0 / values["SamplingFrequency"]
+        if abs(other - tr) > 1e-3 * tr:
+            raise DataError(
+                f"{path}: RepetitionTime {tr:g} s disagrees with SamplingFrequency "
+                f"{values['SamplingFrequency']:g} Hz (= {other:g} s per sample); fix the JSON sidecar"
+            )
     return tr
 
 
