@@ -295,14 +295,21 @@ def collect_runs(layout, settings, check_subjects: bool = True, errors: list | N
     query = {**_selection(settings), **settings.bids_filters.get("bold", {})}
     if settings.input_type == "timeseries":
         return _collect_timeseries(layout, settings, query, errors)
+    bold_desc = _bold_desc(settings, root)
     files = layout.get(
         return_type="object",
-        desc="preproc",
+        desc=bold_desc,
         suffix="bold",
         extension=[".nii.gz", ".nii"],
         space=settings.space,
         **{k: v for k, v in query.items() if k not in ("desc", "suffix", "extension", "space")},
     )
+    if not files and bold_desc != "preproc":
+        raise MissingInputError(
+            f"{root}: no desc-{bold_desc}_bold in space {settings.space} for this selection, which "
+            f"--denoise-strategy {settings.denoise_strategy} needs; run fMRIPrep < 23.1 with --use-aroma "
+            "(or fMRIPost-AROMA) to produce it, or choose another --denoise-strategy"
+        )
     if not files:
         any_bold = layout.get(desc="preproc", suffix="bold", extension=[".nii.gz", ".nii"], **_selection(settings))
         if not any_bold and not layout.get(suffix="bold"):
@@ -333,6 +340,19 @@ def collect_runs(layout, settings, check_subjects: bool = True, errors: list | N
                 raise
             errors.append((ents, exc))
     return sorted(runs, key=lambda r: r.name)
+
+
+def _bold_desc(settings, root: Path) -> str:
+    """The ``desc-`` of the BOLD the denoising strategy needs (its preset), checked against --space."""
+    from bids_semantoks.extract.denoise import load_strategy
+
+    preset = load_strategy(settings.denoise_strategy)
+    if preset["space"] and settings.space != preset["space"]:
+        raise UsageError(
+            f"{root}: --denoise-strategy {settings.denoise_strategy} reads desc-{preset['bold_desc']}_bold, "
+            f"which fMRIPrep writes only in {preset['space']}; add --space {preset['space']}"
+        )
+    return preset["bold_desc"]
 
 
 def _run_inputs(layout, f, ents: dict[str, str], settings) -> RunInputs:

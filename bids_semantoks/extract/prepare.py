@@ -190,6 +190,7 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
     DataError, MissingInputError, UsageError
         Bad input files or an impossible option for this run (one line naming the file).
     """
+    from bids_semantoks.extract.denoise import load_strategy
     from bids_semantoks.extract.signal import load_confounds, read_timeseries_tsv
 
     st = dict(settings)
@@ -238,7 +239,7 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
             min_coverage=st["min_coverage"],
         )
         missing_cov = [names[i] for i in missing_idx]
-        detrend = st["denoise_strategy"] != "none"
+        detrend = bool(load_strategy(st["denoise_strategy"])["detrend"])
     res = prepare_series(
         signals, run.tr, st, confounds=conf, sample_mask=sample_mask, detrend=detrend, filtered_by=filtered_by,
         source=str(run.bold),
@@ -270,7 +271,7 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
         "AntiAliasLowPass": res.anti_alias,
         "BandPassSkipped": (f"the input's sidecar records a filter ({filtered_by}); not filtered again"
                             if filtered_by else None),
-        "FDThreshold": st["fd_thresh"] if st["denoise_strategy"] == "scrubbing" else None,
+        "FDThreshold": st["fd_thresh"] if load_strategy(st["denoise_strategy"])["censoring"] else None,
         "NumberOfVolumes": res.n_volumes_in,
         "VolumesCensored": res.n_censored_in,
         "VolumesRemovedUpstream": removed_upstream,

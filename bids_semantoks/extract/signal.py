@@ -73,15 +73,15 @@ def load_confounds(bold: Path, confounds: Path, strategy: str, fd_thresh: float,
         Indices of retained volumes (nilearn convention); None keeps all.
     mean_fd : float or None
     """
-    if strategy == "none":
+    from bids_semantoks.extract.denoise import load_strategy
+
+    preset = load_strategy(strategy)
+    if preset["nilearn_strategy"] is None:
         mean_fd = _mean_fd(confounds) if confounds is not None else None
         return None, None, mean_fd
     from nilearn.interfaces.fmriprep import load_confounds_strategy
 
-    try:
-        frame = pd.read_csv(confounds, sep="\t")
-    except Exception as exc:
-        raise DataError(f"{confounds}: cannot read confounds TSV ({exc}); regenerate it with fMRIPrep") from exc
+    frame = read_tsv(confounds, "confounds TSV")
     if len(frame) != n_volumes:
         raise DataError(
             f"{confounds}: {len(frame)} rows but the BOLD run has {n_volumes} volumes; "
@@ -95,13 +95,14 @@ def load_confounds(bold: Path, confounds: Path, strategy: str, fd_thresh: float,
                 f"{confounds}: non-numeric value {frame[col].iloc[row]!r} in column '{col}' (line {row + 2}); "
                 "fix the file or regenerate it with fMRIPrep"
             )
-    kwargs: dict[str, Any] = {}
-    if strategy == "scrubbing":
-        kwargs = {"fd_threshold": fd_thresh, "std_dvars_threshold": std_dvars_thresh}
+    kwargs: dict[str, Any] = dict(preset["parameters"])
+    if preset["censoring"]:
+        kwargs.update(fd_threshold=fd_thresh, std_dvars_threshold=std_dvars_thresh)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            conf, sample_mask = load_confounds_strategy(str(bold), denoise_strategy=strategy, **kwargs)
+            conf, sample_mask = load_confounds_strategy(
+                str(bold), denoise_strategy=preset["nilearn_strategy"], **kwargs)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
