@@ -19,6 +19,9 @@ def test_presets_are_listed_once():
     assert load_strategy("ica_aroma")["bold_desc"] == "smoothAROMAnonaggr"
     assert load_strategy("ica_aroma")["space"] == "MNI152NLin6Asym"
     assert load_strategy("scrubbing")["censoring"] and not load_strategy("none")["detrend"]
+    from bids_semantoks.config import DENOISE_STRATEGIES
+
+    assert set(DENOISE_STRATEGIES) == set(names)  # the settings offer exactly the presets
 
 
 def _aroma_dataset(make_fmriprep, with_aroma=True):
