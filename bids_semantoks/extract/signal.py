@@ -335,6 +335,36 @@ def contiguous_segments(keep: np.ndarray) -> list[list[int]]:
     return segments
 
 
+def crop_starts_in_segments(
+    segments: list[list[int]], n_crops: int = 8, window: int = 100
+) -> tuple[np.ndarray, list[int] | None]:
+    """Evenly spaced starts of ``window``-sample crops that never span two segments.
+
+    The candidate starts are every start whose crop lies inside one contiguous segment (see
+    :func:`contiguous_segments` and the sidecar's ``ContiguousSegments``); ``n_crops`` of them
+    are taken evenly spaced (``linspace`` over the candidates, truncated, duplicates removed).
+    For a single segment of ``L`` samples this equals ``linspace(0, L - window, n_crops)``, the
+    crops of an uncensored run.
+
+    Returns
+    -------
+    starts : ndarray of int
+        Crop starts (rows of the model-ready series); empty when no segment is long enough.
+    fallback : list of int or None
+        When ``starts`` is empty: the ``[start, stop)`` of the longest segment, to be embedded
+        alone as one zero-padded crop (never spliced with a neighbour). Else None.
+    """
+    candidates = [np.arange(a, b - window + 1) for a, b in segments if b - a >= window]
+    if not candidates:
+        if not segments:
+            return np.zeros(0, dtype=int), None
+        longest = max(segments, key=lambda seg: (seg[1] - seg[0], -seg[0]))
+        return np.zeros(0, dtype=int), list(longest)
+    pool = np.concatenate(candidates)
+    pick = np.linspace(0, len(pool) - 1, n_crops).astype(int)
+    return np.unique(pool[pick]), None
+
+
 def anti_alias_cutoff(tr: float, target_tr: float, low_pass: float | None) -> float | None:
     """Cut-off (Hz) of the anti-aliasing low-pass applied before downsampling, or None.
 

@@ -145,3 +145,20 @@ def test_segments_of_censored_output():
     keep = np.setdiff1d(np.arange(120), np.arange(50, 55))
     res = clean_signals(x, 2.0, sample_mask=keep, target_tr=2.0)
     assert res.segments == [[0, 50], [50, 115]]
+
+
+def test_crop_starts_never_span_two_segments():
+    from bids_semantoks.embed import crop_starts
+    from bids_semantoks.extract.signal import crop_starts_in_segments
+
+    for n in (100, 101, 180, 437):  # one segment: the crops of an uncensored run
+        starts, fallback = crop_starts_in_segments([[0, n]])
+        np.testing.assert_array_equal(starts, crop_starts(n))
+        assert fallback is None
+    segments = [[0, 130], [130, 160], [160, 300]]
+    starts, fallback = crop_starts_in_segments(segments)
+    assert fallback is None and len(starts) == 8
+    for s in starts:
+        assert any(a <= s and s + 100 <= b for a, b in segments), s
+    starts, fallback = crop_starts_in_segments([[0, 60], [60, 150]])
+    assert starts.size == 0 and fallback == [60, 150]
