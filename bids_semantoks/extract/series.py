@@ -94,7 +94,10 @@ def read_series(path: Path, columns: list[str] | None = None) -> tuple[np.ndarra
             "must use the atlas' region names"
         )
     try:
-        data = frame[columns].apply(_numeric).to_numpy(dtype=np.float64)
+        try:  # all numeric already (the common case): no per-column parsing
+            data = frame[columns].to_numpy(dtype=np.float64)
+        except (ValueError, TypeError):
+            data = frame[columns].apply(_numeric).to_numpy(dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: non-numeric values ({exc}); fix the file or rerun the participant level") from exc
     return data, list(columns)
