@@ -149,3 +149,16 @@ def test_timeseries_non_numeric_frequency_stops_only_that_run(cli, abide_two, tm
     assert r.code == 65, r.err
     assert side.name in r.message and "'fast' is not a number" in r.message
     assert len(subject_outputs(out, "50273")) == 2
+
+
+def test_short_run_too_short_for_anti_aliasing_is_dropped(cli, make_fmriprep, tmp_path, caplog):
+    """17 volumes at TR 1 s without band-pass: the anti-aliasing low-pass before resampling to 2 s
+    needs 19 (it used to crash with exit 1 for 16-18 volumes)."""
+    caplog.set_level(logging.WARNING, logger="bids_semantoks")
+    bids = make_fmriprep(subjects=("01",), n_vols=17, voxel_mm=8.0, tr=1.0)
+    out = tmp_path / "out"
+    r = cli(bids, out, "participant", *M, "--min-time", "0", "--lower-bpf", "0", "--upper-bpf", "0")
+    assert r.code == 0, r.err
+    warn = _dropped_warnings(caplog)
+    assert len(warn) == 1 and "anti-aliasing low-pass" in warn[0] and "needs at least 19" in warn[0]
+    assert invalid_outputs(out) == []
