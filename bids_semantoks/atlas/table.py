@@ -91,7 +91,7 @@ class AtlasTable:
                 f"{path}: atlas table not found; pass the path of an existing _dseg.tsv to --atlas"
             )
         try:
-            df = pd.read_csv(path, sep="\t", dtype={"name": str, "network_label": str})
+            df = pd.read_csv(path, sep="\t", dtype={"index": str, "name": str, "network_label": str})
         except Exception as exc:  # pandas raises many types
             raise DataError(f"{path}: cannot read atlas table ({exc}); it must be a tab-separated file") from exc
         missing = {"index", "name", "network_label"} - set(df.columns)
@@ -103,6 +103,15 @@ class AtlasTable:
         if df["network_label"].isna().any() or df["name"].isna().any():
             bad = df.index[df["network_label"].isna() | df["name"].isna()][0]
             raise DataError(f"{path}: row {bad + 2} has an empty name or network_label; fill it in")
+        index = pd.to_numeric(df["index"], errors="coerce")
+        bad = df.index[~(index.notna() & (index == index.round()) & (index > 0))]
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(
+                f"{path}: index {df['index'].iloc[row]!r} on line {row + 2} is not a positive integer "
+                "(0 is the background of a _dseg image); give every region its integer label in the image"
+            )
+        df["index"] = index.astype(np.int64)
         if df["index"].duplicated().any() or df["name"].duplicated().any():
             raise DataError(f"{path}: duplicated index or name values; every region needs a unique index and name")
         if label is None:

@@ -223,19 +223,39 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _tr_from_sidecar(meta: dict[str, Any], path: Path) -> float:
-    tr = meta.get("RepetitionTime")
-    if tr is None and meta.get("SamplingFrequency"):
-        tr = 1.0 / float(meta["SamplingFrequency"])
-    if tr is None:
+    """Repetition time (s) from a sidecar's ``RepetitionTime`` and/or ``SamplingFrequency``.
+
+    Either field may be given; when both are, they must agree (within 0.1 %): a sidecar that
+    contradicts itself is bad data, whichever field is right. Every problem is a
+    :class:`DataError` naming ``path``, so it concerns this run only.
+    """
+    import math
+
+    values = {}
+    for key in ("RepetitionTime", "SamplingFrequency"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: {key} {value!r} is not a number; fix the JSON sidecar") from None
+        if isinstance(value, bool) or not math.isfinite(number) or not number > 0:
+            raise DataError(f"{path}: {key} is {value!r}; it must be a positive number (RepetitionTime in "
+                            "seconds, SamplingFrequency in Hz); fix the JSON sidecar")
+        values[key] = number
+    if not values:
         raise DataError(
             f"{path}: sidecar has no RepetitionTime; add it (seconds) to the JSON sidecar of this run"
         )
-    try:
-        tr = float(tr)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: RepetitionTime {tr!r} is not a number; fix the JSON sidecar") from None
-    if not tr > 0:
-        raise DataError(f"{path}: RepetitionTime is {tr}; it must be positive (seconds)")
+    tr = values.get("RepetitionTime", 1.0 / values.get("SamplingFrequency", 1.0))
+    if "SamplingFrequency" in values and "RepetitionTime" in values:
+        other = 1.0 / values["SamplingFrequency"]
+        if abs(other - tr) > 1e-3 * tr:
+            raise DataError(
+                f"{path}: RepetitionTime {tr:g} s disagrees with SamplingFrequency "
+                f"{values['SamplingFrequency']:g} Hz (= {other:g} s per sample); fix the JSON sidecar"
+            )
     return tr
 
 
@@ -275,14 +295,21 @@ def collect_runs(layout, settings, check_subjects: bool = True, errors: list | N
     query = {**_selection(settings), **settings.bids_filters.get("bold", {})}
     if settings.input_type == "timeseries":
         return _collect_timeseries(layout, settings, query, errors)
+    bold_desc = _bold_desc(settings, root)
     files = layout.get(
         return_type="object",
-        desc="preproc",
+        desc=bold_desc,
         suffix="bold",
         extension=[".nii.gz", ".nii"],
         space=settings.space,
         **{k: v for k, v in query.items() if k not in ("desc", "suffix", "extension", "space")},
     )
+    if not files and bold_desc != "preproc":
+        raise MissingInputError(
+            f"{root}: no desc-{bold_desc}_bold in space {settings.space} for this selection, which "
+            f"--denoise-strategy {settings.denoise_strategy} needs; run fMRIPrep < 23.1 with --use-aroma "
+            "(or fMRIPost-AROMA) to produce it, or choose another --denoise-strategy"
+        )
     if not files:
         any_bold = layout.get(desc="preproc", suffix="bold", extension=[".nii.gz", ".nii"], **_selection(settings))
         if not any_bold and not layout.get(suffix="bold"):
@@ -313,6 +340,19 @@ def collect_runs(layout, settings, check_subjects: bool = True, errors: list | N
                 raise
             errors.append((ents, exc))
     return sorted(runs, key=lambda r: r.name)
+
+
+def _bold_desc(settings, root: Path) -> str:
+    """The ``desc-`` of the BOLD the denoising strategy needs (its preset), checked against --space."""
+    from bids_semantoks.extract.denoise import load_strategy
+
+    preset = load_strategy(settings.denoise_strategy)
+    if preset["space"] and settings.space != preset["space"]:
+        raise UsageError(
+            f"{root}: --denoise-strategy {settings.denoise_strategy} reads desc-{preset['bold_desc']}_bold, "
+            f"which fMRIPrep writes only in {preset['space']}; add --space {preset['space']}"
+        )
+    return preset["bold_desc"]
 
 
 def _run_inputs(layout, f, ents: dict[str, str], settings) -> RunInputs:

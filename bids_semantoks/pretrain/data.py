@@ -1,6 +1,8 @@
 """Pre-training data: model-ready runs, read from participant outputs, held compactly in memory.
 
-A :class:`RunSeries` is one run already at TR 2 s and z-scored per region. Missing
+A :class:`RunSeries` is one run already at TR 2 s and z-scored per region: a participant
+output read as written, or any other series prepared by the participant level's own path
+(:mod:`bids_semantoks.extract.prepare`). Missing
 regions (``NaN``, written ``n/a`` in the time-series files) are set to 0 when the runs
 are packed: 0 is the mean of a z-scored series, and it is what the participant level
 feeds the model for such regions outside masking.
@@ -15,14 +17,11 @@ indexing (see :mod:`bids_semantoks.pretrain.augment`).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from bids_semantoks.bids.layout import read_tr
@@ -64,24 +63,15 @@ class RunSeries:
     data: np.ndarray
 
 
-def _zscore(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    with warnings.catch_warnings():  # all-NaN (missing) regions stay NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(x, axis=0, keepdims=True)
-        sd = np.nanstd(x, axis=0, keepdims=True)
-    return (x - mean) / (sd + eps)
+def prepare_timeseries(data: np.ndarray, tr: float, eps: float = 1e-8, *, metadata: dict | None = None) -> np.ndarray:
+    """Default conversion of a regional series to the model's input: the participant level's.
 
-
-def prepare_timeseries(data: np.ndarray, tr: float, eps: float = 1e-8) -> np.ndarray:
-    """Default conversion of a raw regional series to the model's input (TR 2 s, z-scored).
-
-    1. Resample to TR 2 s with :func:`scipy.signal.resample_poly` (polyphase FIR with an
-       anti-aliasing low-pass) when ``tr`` differs from 2 s by more than 1 ms; the ratio is
-       ``tr / 2`` as a fraction with denominator <= 100 (2.5 s -> up 5, down 4). Before
-       resampling each region is demeaned and NaNs set to 0; regions that were entirely
-       NaN stay NaN (missing).
-    2. z-score every region over the whole run, NaN-aware, ``(x - mean) / (sd + eps)``;
-       constant regions (e.g. all-zero ROIs outside the brain mask) become 0.
+    The series goes through :func:`bids_semantoks.extract.prepare.prepare_series` with the
+    participant level's default settings (linear detrend, 0.01-0.1 Hz band-pass unless
+    ``metadata`` says the series is filtered already, cubic-spline resampling to TR 2 s with
+    an anti-aliasing low-pass, z-score per region with epsilon 1e-8), so pre-training sees
+    what ``participant --input-type timeseries`` writes for the same file. Constant and
+    all-NaN regions come back NaN (missing; packed as 0).
 
     Parameters
     ----------
@@ -90,33 +80,22 @@ def prepare_timeseries(data: np.ndarray, tr: float, eps: float = 1e-8) -> np.nda
     tr : float
         Repetition time of ``data`` in seconds.
     eps : float
-        Added to the SD (1e-8, as the participant level).
+        Kept for compatibility; the epsilon is 1e-8, as at the participant level.
+    metadata : dict, optional
+        The series' JSON sidecar (``SoftwareFilters``/``HighPass``: not filtered again).
 
     Returns
     -------
     np.ndarray [T', C] float32
+        Empty (0 rows) when the participant level would drop the run (``--min-time`` 100 s).
     """
-    x = np.asarray(data, dtype=np.float64)
-    if abs(tr - TARGET_TR) > 1e-3:
-        from scipy.signal import resample_poly
+    from bids_semantoks.extract.prepare import already_filtered, prepare_series
 
-        ratio = Fraction(tr / TARGET_TR).limit_denominator(100)
-        missing = np.all(np.isnan(x), axis=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            x = x - np.nan_to_num(np.nanmean(x, axis=0, keepdims=True))
-        x = resample_poly(np.nan_to_num(x), ratio.numerator, ratio.denominator, axis=0)
-        x[:, missing] = np.nan
-    return _zscore(x, eps).astype(np.float32)
-
-
-def _entities(name: str) -> dict[str, str]:
-    out = {}
-    for part in name.split("_"):
-        if "-" in part:
-            key, _, value = part.partition("-")
-            out[key] = value
-    return out
+    res = prepare_series(np.asarray(data, dtype=np.float64), tr,
+                         {"target_tr": TARGET_TR}, filtered_by=already_filtered(metadata or {}))
+    if res.dropped_reason:
+        logger.warning("series dropped: %s", res.dropped_reason)
+    return res.data.astype(np.float32)
 
 
 def load_runs_from_derivatives(
@@ -127,11 +106,11 @@ def load_runs_from_derivatives(
 ) -> list[RunSeries]:
     """Read regional time series written by the participant level (or an XCP-D-like data set).
 
-    Finds ``sub-*/[ses-*/]func/*_atlas-<A>_*timeseries.tsv`` with ``A`` in ``atlas_names``
-    (e.g. ``sub-01_task-rest_atlas-CC200_timeseries.tsv`` or ``..._desc-<strategy>_timeseries.tsv``),
-    reads the header (region names) and values (``n/a`` -> NaN), takes the TR from the JSON
-    sidecar (``1 / SamplingFrequency``, else ``RepetitionTime``) and converts each run with
-    ``prepare(data, tr)``.
+    Files are found with :func:`bids_semantoks.extract.series.timeseries_files` (pybids:
+    ``sub-*/[ses-*/]func/*_atlas-<A>_*timeseries.tsv`` with ``A`` in ``atlas_names``) and read
+    with :func:`~bids_semantoks.extract.series.read_series`. Participant-level outputs
+    (their sidecar marks them model-ready at TR 2 s) are used exactly as written; any other
+    series takes its TR from the JSON sidecar and is converted with ``prepare(data, tr)``.
 
     Parameters
     ----------
@@ -143,42 +122,48 @@ def load_runs_from_derivatives(
     participant_labels : list of str, optional
         Keep only these participants (with or without ``sub-``).
     prepare : callable, optional
-        ``(data [T, C] float, tr seconds) -> [T', C] float32`` at TR 2 s, z-scored. The
-        default, :func:`prepare_timeseries`, resamples and z-scores; it leaves participant
-        outputs (already 2 s and z-scored) unchanged up to rounding.
+        ``(data [T, C] float, tr seconds) -> [T', C] float32`` at TR 2 s, z-scored, for series
+        that are not participant outputs. Default: :func:`prepare_timeseries`. Runs that come
+        back empty (too short) are skipped with a warning.
 
     Returns
     -------
     list of RunSeries
         Sorted by file path.
     """
+    from bids_semantoks.extract.series import (derivatives_layout, is_model_ready, read_series, read_sidecar,
+                                               timeseries_files)
+
     root = Path(output_dir_or_dataset)
     if not root.is_dir():
         raise MissingInputError(f"{root}: folder not found; pass a BIDS derivatives folder with *_timeseries.tsv")
-    prepare = prepare or prepare_timeseries
     wanted = set(atlas_names)
-    labels = None if participant_labels is None else {p.removeprefix("sub-") for p in participant_labels}
-    files = sorted(root.glob("sub-*/func/*_timeseries.tsv")) + sorted(root.glob("sub-*/ses-*/func/*_timeseries.tsv"))
+    labels = None if participant_labels is None else [p.removeprefix("sub-") for p in participant_labels]
+    files = [f for f in timeseries_files(derivatives_layout(root, labels), labels) if f.entities["atlas"] in wanted]
     runs: list[RunSeries] = []
     header: list[str] | None = None
     first: Path | None = None
-    for tsv in sorted(files):
-        ent = _entities(tsv.name)
-        if ent.get("atlas") not in wanted:
-            continue
-        subject = ent.get("sub", tsv.parts[-3].removeprefix("sub-"))
-        if labels is not None and subject not in labels:
-            continue
-        df = pd.read_csv(tsv, sep="\t", na_values=["n/a"])
+    for f in files:
+        tsv = Path(f.path)
+        values, columns = read_series(tsv)
         if header is None:
-            header, first = list(df.columns), tsv
-        elif list(df.columns) != header:
+            header, first = columns, tsv
+        elif columns != header:
             raise DataError(
                 f"{tsv}: region columns differ from {first}; select one atlas (atlas_names) per pre-training run"
             )
-        tr = read_tr(tsv.with_suffix(".json"), tsv)
-        data = prepare(df.to_numpy(dtype=np.float64), tr)
-        runs.append(RunSeries(subject=subject, run_id=tsv.name.removesuffix("_timeseries.tsv"), data=data))
+        meta = read_sidecar(tsv)
+        if is_model_ready(meta, TARGET_TR):
+            data = values.astype(np.float32)
+        else:
+            tr = read_tr(tsv.with_suffix(".json"), tsv)
+            data = (prepare(values, tr) if prepare is not None
+                    else prepare_timeseries(values, tr, metadata=meta))
+        if data.shape[0] == 0:
+            logger.warning("%s: skipped, too short to prepare", tsv.name)
+            continue
+        runs.append(RunSeries(subject=str(f.entities["subject"]), run_id=tsv.name.removesuffix("_timeseries.tsv"),
+                              data=data))
     if not runs:
         raise NothingSelectedError(
             f"{root}: no *_atlas-<{'|'.join(sorted(wanted))}>_*timeseries.tsv files for the selected participants; "

@@ -78,20 +78,20 @@ class Inputs:
 
 def _layout(root: Path):
     """pybids layout of a derivatives folder, or None when the folder does not exist."""
-    import bids  # imported lazily: pybids is slow to import
+    from bids_semantoks.extract.series import derivatives_layout
 
-    if not root.is_dir():
-        return None
-    return bids.BIDSLayout(
-        root, validate=False, config=["bids", "derivatives"],
-        indexer=bids.BIDSLayoutIndexer(validate=False, index_metadata=False),
-    )
+    return derivatives_layout(root)
 
 
 def _layout_files(layout, suffix: str) -> list:
-    """BIDSFile objects of ``*_<suffix>.tsv`` with a subject entity."""
+    """BIDSFile objects of ``*_<suffix>.tsv`` with a subject entity (time series: see
+    :func:`bids_semantoks.extract.series.timeseries_files`)."""
     if layout is None:
         return []
+    if suffix == "timeseries":
+        from bids_semantoks.extract.series import timeseries_files
+
+        return timeseries_files(layout)
     files = layout.get(suffix=suffix, extension=".tsv")
     return [f for f in files if "subject" in f.get_entities()]
 
@@ -195,10 +195,9 @@ def discover(
 
 # --------------------------------------------------------------------------- embeddings
 def _read_tsv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the table ({exc}); rerun the participant level") from exc
+    from bids_semantoks.extract.signal import read_tsv
+
+    return read_tsv(path, "table", na_values=["n/a"], keep_default_na=False)
 
 
 def _feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -300,15 +299,6 @@ def model_metadata(files: dict[str, list[Path]]) -> dict:
 
 
 # --------------------------------------------------------------------------- time series
-def _zscore(values: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-n/a columns
-        mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (values - mean) / std
-
-
 def load_timeseries(
     paths: list[Path], columns: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -329,25 +319,19 @@ def load_timeseries(
         Regions without data (``n/a`` or constant in any run).
     columns : list of str
     """
+    from bids_semantoks.extract.series import read_series
+    from bids_semantoks.extract.signal import zscore
+
     blocks, missing = [], None
     for path in paths:
-        frame = _read_tsv(path)
-        if columns is None:
-            columns = list(frame.columns)
-        absent = [c for c in columns if c not in frame.columns]
-        if absent:
-            raise DataError(
-                f"{path}: region column(s) {absent[:3]} missing from the header; the time series "
-                "must use the atlas' region names"
-            )
-        values = frame[columns].to_numpy(dtype=float)
+        values, columns = read_series(path, columns)
         finite = np.isfinite(values)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             std = np.nanstd(np.where(finite, values, np.nan), axis=0)
         run_missing = (finite.sum(axis=0) < 3) | ~(std > 1e-12)
         missing = run_missing if missing is None else missing | run_missing
-        blocks.append(_zscore(values))
+        blocks.append(zscore(values))
     series = np.concatenate(blocks)
     series[:, missing] = np.nan
     keep_rows = np.isfinite(series[:, ~missing]).all(axis=1)

@@ -77,105 +77,24 @@ def is_current(path: Path, settings_hash: str) -> bool:
 
 
 def extract_step(job: dict[str, Any]) -> str | None:
-    """Parcellate, clean and write the model-ready time series of one run.
+    """Prepare one run (:func:`bids_semantoks.extract.prepare.prepare_run`) and write its outputs.
 
-    Returns the time-series TSV path, or None when the run was dropped (``--min-time``).
+    Returns the time-series TSV path, or None when the run was dropped (``--min-time``, too
+    short to filter, everything censored).
     """
-    from bids_semantoks.extract.signal import clean_signals, load_confounds, read_timeseries_tsv
+    from bids_semantoks.extract.prepare import prepare_run
 
     run = _run(job["run"])
-    st = job["settings"]
-    atlas = job["atlas"]
     out_path = job_path(job, "timeseries_path")
-    names = tuple(atlas["names"])
-    coverage = None
-    missing_cov: list[str] = []
-    if st["input_type"] == "timeseries":
-        signals = read_timeseries_tsv(run.bold, names)
-        n_vol = signals.shape[0]
-        conf, sample_mask, mean_fd = None, None, None
-        detrend = True  # already denoised upstream; a linear detrend is harmless and removes drifts
-    else:
-        import nibabel as nib
-
-        from bids_semantoks.extract.parcellate import extract_regions
-
-        try:
-            bold_img = nib.load(str(run.bold))
-        except Exception as exc:
-            raise DataError(f"{run.bold}: cannot read NIfTI ({exc}); the file is corrupt, rerun fMRIPrep") from exc
-        if bold_img.ndim != 4:
-            raise DataError(f"{run.bold}: expected a 4-D BOLD series, got {bold_img.ndim}-D; check the file")
-        n_vol = bold_img.shape[3]
-        _check_header_tr(run, bold_img)
-        conf, sample_mask, mean_fd = load_confounds(
-            run.bold, run.confounds, st["denoise_strategy"], st["fd_thresh"], st["std_dvars_thresh"], n_vol
-        ) if run.confounds is not None else (None, None, None)
-        mask_img = str(run.mask) if run.mask else None  # read (and checked) by extract_regions
-        signals, coverage, missing_idx = extract_regions(
-            bold_img, nib.load(atlas["dseg"]), list(atlas["indices"]), mask_img=mask_img,
-            min_coverage=st["min_coverage"],
-        )
-        missing_cov = [names[i] for i in missing_idx]
-        detrend = st["denoise_strategy"] != "none"
-    res = clean_signals(
-        signals, run.tr, confounds=conf, sample_mask=sample_mask, detrend=detrend,
-        lower_bpf=st["lower_bpf"], upper_bpf=st["upper_bpf"], target_tr=st["target_tr"], min_time=st["min_time"],
-    )
-    if res.dropped_reason:
-        LOGGER.warning("%s: run dropped: %s", run.bold.name, res.dropped_reason)
+    prepared = prepare_run(run, job["settings"], job["atlas"], bids_dir=job["bids_dir"])
+    if prepared.dropped_reason:
+        LOGGER.warning("%s: run dropped: %s", run.bold.name, prepared.dropped_reason)
         return None
-    all_nan = ~np.isfinite(res.data).all(axis=0)
-    if all_nan.all():
-        raise DataError(
-            f"{run.bold}: no region has a usable signal (the data are empty, constant or outside the brain mask); "
-            "check the file, or rerun fMRIPrep for this run"
-        )
-    frame = pd.DataFrame(res.data.astype(np.float32), columns=list(names))
-    sidecar = {
-        "Description": "Regional mean BOLD series, denoised, band-passed, resampled to the model TR and "
-        "z-scored per region, in the channel order of the atlas.",
-        "SamplingFrequency": 1.0 / st["target_tr"],
-        "RepetitionTime": st["target_tr"],
-        "OriginalRepetitionTime": run.tr,
-        "Sources": [s for s in (_source(job["bids_dir"], run.bold), _source(job["bids_dir"], run.confounds),
-                                _source(job["bids_dir"], run.mask)) if s],
-        "Atlas": atlas["label"],
-        "AtlasSources": atlas.get("sources", []),
-        "DenoiseStrategy": st["denoise_strategy"],
-        "ConfoundsUsed": res.confounds_used,
-        "Detrend": detrend,
-        "HighPass": st["lower_bpf"] or None,
-        "LowPass": st["upper_bpf"] or None,
-        "FDThreshold": st["fd_thresh"] if st["denoise_strategy"] == "scrubbing" else None,
-        "NumberOfVolumes": res.n_volumes_in,
-        "VolumesCensored": res.n_censored_in,
-        "SamplesCensoredAtTargetTR": res.n_censored_out,
-        "NumberOfSamples": int(res.data.shape[0]),
-        "MeanFD": mean_fd,
-        "CoverageThreshold": st["min_coverage"],
-        "Coverage": None if coverage is None else {n: round(float(c), 4) for n, c in zip(names, coverage)},
-        "MissingRegions": [n for n, m in zip(names, all_nan) if m],
-        "LowCoverageRegions": missing_cov,
-        "SettingsHash": job["settings_hash"],
-        "SoftwareVersion": __version__,
-    }
+    frame = pd.DataFrame(prepared.data.astype(np.float32), columns=list(prepared.names))
+    sidecar = {**prepared.sidecar, "SettingsHash": job["settings_hash"], "SoftwareVersion": __version__}
     outputs.write_tsv(out_path, frame)
     outputs.write_json(outputs.sidecar_of(out_path), sidecar)
     return str(out_path)
-
-
-def _check_header_tr(run: RunInputs, img) -> None:
-    zooms = img.header.get_zooms()
-    units = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
-    if len(zooms) < 4 or not zooms[3]:
-        return
-    hdr_tr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0)
-    if hdr_tr > 0 and abs(hdr_tr - run.tr) > 0.01 * run.tr:
-        raise DataError(
-            f"{run.bold}: RepetitionTime {run.tr} s in the sidecar contradicts the NIfTI header ({hdr_tr:g} s); "
-            "fix the sidecar or the header"
-        )
 
 
 def embed_step(job: dict[str, Any], timeseries: str | None) -> str | None:

@@ -82,3 +82,83 @@ def test_read_timeseries_checks_header(tmp_path):
 
     with pytest.raises(DataError, match="not a region of the atlas"):
         read_timeseries_tsv(path, ("a", "c"))
+
+
+# -- short runs never crash: kept or dropped with the right reason (issue 13, items 2 and 8) ----------
+@pytest.mark.parametrize("n_vol", [3, 10, 16, 17, 18, 19, 20, 33, 34, 40])
+@pytest.mark.parametrize("tr", [0.72, 2.0])
+def test_short_runs_are_kept_or_dropped_never_crash(n_vol, tr):
+    from bids_semantoks.extract.signal import filter_min_volumes
+
+    x = np.random.default_rng(n_vol).standard_normal((n_vol, 4))
+    res = clean_signals(x, tr, lower_bpf=0.01, upper_bpf=0.1, target_tr=2.0, min_time=0)
+    need = filter_min_volumes(tr, 0.01, 0.1)
+    assert need == 34  # order-5 band-pass: sosfiltfilt pads 33 samples
+    if n_vol < need:
+        assert res.dropped_reason
+        assert n_vol < 10 or "too few for the band-pass" in res.dropped_reason
+        assert res.data.shape[0] == 0
+    else:
+        assert res.dropped_reason is None and np.isfinite(res.data).all()
+
+
+@pytest.mark.parametrize("n_vol", [16, 17, 18])
+def test_anti_alias_of_short_unfiltered_run(n_vol):
+    """16-18 volumes at TR 1 s, no band-pass: the anti-aliasing low-pass decides (needs 19)."""
+    x = np.random.default_rng(0).standard_normal((n_vol, 3))
+    res = clean_signals(x, 1.0, lower_bpf=0, upper_bpf=0, target_tr=2.0, min_time=0)
+    assert res.dropped_reason and "anti-aliasing" in res.dropped_reason
+    out, keep = resample_to_tr(x, 1.0, 2.0)  # the public resampler itself never raises
+    assert np.isfinite(out).all() and keep.all()
+
+
+def test_fewer_than_two_samples_is_not_a_min_time_message():
+    x = np.random.default_rng(0).standard_normal((60, 3))
+    keep = np.r_[0:3]  # three retained volumes at TR 0.5 s: one 2-s sample at most
+    res = clean_signals(x, 0.5, sample_mask=keep, lower_bpf=0, upper_bpf=0, target_tr=2.0, min_time=0)
+    assert res.dropped_reason and "at least 2 are needed" in res.dropped_reason
+    assert "min-time" not in res.dropped_reason
+
+
+def test_min_time_is_decided_before_filtering():
+    """A 20-volume run under the default --min-time is dropped for its duration, not by the filter."""
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    res = clean_signals(x, 2.0, min_time=100)
+    assert res.dropped_reason == "40 s retained, below --min-time 100 s"
+
+
+def test_high_pass_at_nyquist_is_a_usage_error_and_low_pass_above_is_reported_off():
+    from bids_semantoks.errors import UsageError
+
+    x = np.random.default_rng(0).standard_normal((100, 3))
+    with pytest.raises(UsageError, match=r"run-1.*--lower-bpf 0.3 Hz is at or above the Nyquist frequency"):
+        clean_signals(x, 2.0, lower_bpf=0.3, upper_bpf=0, source="run-1")
+    res = clean_signals(x, 6.0, lower_bpf=0.01, upper_bpf=0.1, target_tr=6.0)  # Nyquist 0.083 Hz
+    assert res.high_pass == 0.01 and res.low_pass is None
+
+
+def test_segments_of_censored_output():
+    from bids_semantoks.extract.signal import contiguous_segments
+
+    assert contiguous_segments(np.array([1, 1, 0, 0, 1, 1, 1, 0], bool)) == [[0, 2], [2, 5]]
+    x = np.random.default_rng(2).standard_normal((120, 3))
+    keep = np.setdiff1d(np.arange(120), np.arange(50, 55))
+    res = clean_signals(x, 2.0, sample_mask=keep, target_tr=2.0)
+    assert res.segments == [[0, 50], [50, 115]]
+
+
+def test_crop_starts_never_span_two_segments():
+    from bids_semantoks.embed import crop_starts
+    from bids_semantoks.extract.signal import crop_starts_in_segments
+
+    for n in (100, 101, 180, 437):  # one segment: the crops of an uncensored run
+        starts, fallback = crop_starts_in_segments([[0, n]])
+        np.testing.assert_array_equal(starts, crop_starts(n))
+        assert fallback is None
+    segments = [[0, 130], [130, 160], [160, 300]]
+    starts, fallback = crop_starts_in_segments(segments)
+    assert fallback is None and len(starts) == 8
+    for s in starts:
+        assert any(a <= s and s + 100 <= b for a, b in segments), s
+    starts, fallback = crop_starts_in_segments([[0, 60], [60, 150]])
+    assert starts.size == 0 and fallback == [60, 150]

@@ -20,18 +20,25 @@ def _write(folder, name, data, tr, header):
     (folder / f"{name}_timeseries.json").write_text(json.dumps({"SamplingFrequency": 1.0 / tr}))
 
 
-def test_prepare_resamples_and_zscores():
+def test_prepare_is_the_participant_path():
+    """The default preparation is the participant level's (issue 13 item 1), not a second resampler."""
+    from bids_semantoks.extract.signal import clean_signals
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(152, 4)) * 30 + 5
     x[:, 2] = 0.0  # zero-variance ROI
     x[:, 3] = np.nan  # missing region
     y = prepare_timeseries(x, 2.5)
-    assert y.shape == (190, 4) and y.dtype == np.float32  # 152 * 2.5 / 2
+    assert y.shape == (189, 4) and y.dtype == np.float32  # samples every 2 s within 151 * 2.5 s
     np.testing.assert_allclose(np.nanmean(y[:, :2], 0), 0, atol=1e-5)
     np.testing.assert_allclose(np.nanstd(y[:, :2], 0), 1, atol=1e-4)
-    assert np.all(y[:, 2] == 0) and np.all(np.isnan(y[:, 3]))
-    z = prepare_timeseries(y[:, :2], 2.0)  # already model-ready: unchanged
-    np.testing.assert_allclose(z, y[:, :2], atol=1e-5)
+    assert np.all(np.isnan(y[:, 2])) and np.all(np.isnan(y[:, 3]))  # missing: packed as 0
+    ref = clean_signals(x, 2.5, target_tr=2.0, lower_bpf=0.01, upper_bpf=0.1, detrend=True).data
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    filtered = prepare_timeseries(x, 2.5, metadata={"SoftwareFilters": {"Bandpass filter": {}}})
+    unfiltered = clean_signals(x, 2.5, target_tr=2.0, lower_bpf=0, upper_bpf=0, detrend=True).data
+    np.testing.assert_allclose(filtered, unfiltered, atol=1e-5)  # not band-passed a second time
+    assert prepare_timeseries(x[:40], 2.5).shape == (0, 4)  # 100 s: below the default --min-time
 
 
 def test_load_runs_sessions_atlas_and_labels(tmp_path):
@@ -42,7 +49,7 @@ def test_load_runs_sessions_atlas_and_labels(tmp_path):
     _write(tmp_path / "sub-02/ses-a/func", "sub-02_ses-a_task-rest_run-1_atlas-X_desc-s", rng.normal(size=(100, 3)), 2.5, hdr)
     _write(tmp_path / "sub-02/ses-a/func", "sub-02_ses-a_task-rest_run-1_atlas-Y_desc-s", rng.normal(size=(100, 2)), 2.0, hdr[:2])
     runs = load_runs_from_derivatives(tmp_path, ["X"])
-    assert [(r.subject, r.data.shape) for r in runs] == [("01", (120, 3)), ("02", (125, 3))]
+    assert [(r.subject, r.data.shape) for r in runs] == [("01", (120, 3)), ("02", (124, 3))]
     assert runs[1].run_id == "sub-02_ses-a_task-rest_run-1_atlas-X_desc-s"
     assert [r.subject for r in load_runs_from_derivatives(tmp_path, ["X"], ["sub-02"])] == ["02"]
     with pytest.raises(NothingSelectedError):
