@@ -90,6 +90,8 @@ def read_user_text(path: str | Path, what: str) -> str:
     for bom, name in _UTF16_32_BOMS.items():  # UTF-32-LE starts with the UTF-16-LE mark: longest first
         if data.startswith(bom):
             raise DataError(f"{path}: the {what} is {name}-encoded; save it as UTF-8 text")
+    if b"\x00" in data:  # UTF-16/32 without a byte-order mark (ASCII in it is valid UTF-8 with NULs)
+        raise DataError(f"{path}: the {what} is not UTF-8 text (it holds NUL bytes, as UTF-16 does); save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
