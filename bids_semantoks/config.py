@@ -331,7 +331,7 @@ class GroupOptions(BaseModel):
         0.1, ge=0.0, le=1.0, description="subjects missing more of the regions are left out (see above)"
     )
     n_jobs: int | None = Field(
-        None, ge=1, description="parallel workers over CV folds; default --nprocs (None in the API: every CPU)"
+        None, description="parallel workers over CV folds (joblib); default --nprocs (None in the API: every CPU)"
     )
 
     @field_validator("targets", "confounds")
