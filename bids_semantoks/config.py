@@ -531,8 +531,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
     The file mirrors :class:`Settings` sections, e.g. ``[participant]`` with
     ``denoise_strategy = "scrubbing"``, ``[group]``, ``[pretrain]``, ``[run]``; top-level
-    keys are accepted without a section header (execution settings go to ``run``, the
-    others to ``participant``).
+    keys are accepted without a section header and go to the one section that has such a
+    setting (``participant`` for the names several sections share: ``atlas``, ``device``, ...).
 
     Raises
     ------
@@ -573,9 +573,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 )
             nested.setdefault(key, {}).update(value)
     for key, value in data.items():
-        if key not in SECTIONS:
-            target = "run" if key in RunSettings.model_fields else "participant"
-            nested.setdefault(target, {})[key] = value
+        if key not in SECTIONS:  # a top-level key: the one section that has it, else participant
+            owners = [name for name, model in SECTIONS.items() if key in model.model_fields]
+            nested.setdefault(owners[0] if len(owners) == 1 else "participant", {})[key] = value
     return nested
 
 
