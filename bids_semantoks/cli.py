@@ -43,14 +43,56 @@ class _Greedy(click.Option):
 
 def _labels(values: tuple[str, ...]) -> list[str] | None:
     """Labels given on the command line, or read from files with one label per line."""
+    from bids_semantoks.config import read_user_text
+
     out: list[str] = []
     for value in values:
         path = Path(value)
-        if path.is_file():
-            out += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if path.is_file():  # a byte-order mark (Windows editors) is dropped; UTF-16 is refused clearly
+            lines = (line.strip() for line in read_user_text(path, "label file").splitlines())
+            out += [line for line in lines if line and not line.startswith("#")]
         else:
             out += value.replace(",", " ").split()
     return out or None
+
+
+#: Environment variables that size the thread pools of OpenMP, the BLAS libraries and numexpr.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Limit BLAS/OpenMP/torch to ``n`` threads in this process and the processes it starts.
+
+    The libraries read the variables once, when they load: this runs before the CLI imports
+    numpy or torch. When they are already loaded (the CLI called from Python), their pools are
+    resized at run time as well (threadpoolctl, ``torch.set_num_threads``).
+    """
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    if "numpy" in sys.modules or "torch" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _pybids_filters(filters: dict) -> dict:
+    """fMRIPrep's JSON filter values as pybids queries: ``null`` = entity absent, ``"*"`` = any value."""
+    from bids.layout import Query
+
+    special = {None: Query.NONE, "*": Query.ANY}
+    return {query: {k: special.get(v, v) if isinstance(v, (str, type(None))) else v for k, v in ents.items()}
+            for query, ents in filters.items()}
+
+
+#: Settings whose command-line option is not ``--<field-name>``, for error messages.
+FLAGS = {
+    "participant.bids_filters": "--bids-filter-file", "group.targets": "--target", "group.target_types": "--target-type",
+    "group.semantoks_protocol": "--probe-protocol", "group.raw_dir": "--derivatives", "group.seed": "--random-seed",
+    "pretrain.seed": "--random-seed", "pretrain.name": "--model-name", "pretrain.base_lr": "--lr", "run.verbose": "-v",
+}
 
 
 def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -87,7 +129,8 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
               help="Drop runs with less retained time (s) after censoring.")
 @click.option("--lower-bpf", type=float, default=None, show_default="0.01", help="High-pass (Hz); 0 disables.")
 @click.option("--upper-bpf", type=float, default=None, show_default="0.1", help="Low-pass (Hz); 0 disables.")
-@click.option("--target-tr", type=float, default=None, show_default="2.0", help="TR of the model input (s).")
+@click.option("--target-tr", type=float, default=None, show_default="2.0",
+              help="TR of the model input (s), 0.1-10; the released model was trained at 2.0.")
 @click.option("--min-coverage", type=float, default=None, show_default="0.5",
               help="Regions with a smaller fraction of voxels in the brain mask become n/a.")
 @click.option("--model", type=str, default=None, show_default="official",
@@ -116,7 +159,9 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--random-seed", type=int, default=None, help="Seed of cross-validation and pre-training.")
 # pretrain level
 @click.option("--epochs", type=int, default=None, help="[pretrain] Epochs.")
-@click.option("--lr", type=float, default=None, help="[pretrain] Base learning rate (per 256 samples).")
+@click.option("--lr", type=float, default=None,
+              help="[pretrain] Base learning rate per 256 samples: the peak LR is LR x batch size / 256 "
+                   "(default 7e-4, the paper's: 1.4e-3 at batch 512).")
 @click.option("--model-size", type=click.Choice(["tiny", "small", "base"]), default=None, help="[pretrain] Preset.")
 @click.option("--train-fraction", type=float, default=None, help="[pretrain] Seeded fraction of subjects.")
 @click.option("--model-name", type=str, default=None, help="[pretrain] Name of OUTPUT_DIR/models/<name>.")
@@ -129,7 +174,8 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--bids-database-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="pybids database folder; default under the work directory.")
 @click.option("--nprocs", "--n-cpus", "--n_cpus", "nprocs", type=int, default=None, help="Parallel processes.")
-@click.option("--omp-nthreads", type=int, default=None, help="Threads per process (torch, BLAS).")
+@click.option("--omp-nthreads", type=int, default=None,
+              help="Threads per process (BLAS, OpenMP, torch); default $OMP_NUM_THREADS, else CPUs / --nprocs.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v, -vv).")
 @click.option("--overwrite", is_flag=True, default=None, help="Recompute outputs that already exist.")
 @click.option("--notrack", is_flag=True, default=None, help="Accepted for compatibility; nothing is ever sent anywhere.")
@@ -140,15 +186,15 @@ def cli(bids_dir, output_dir, analysis_level, **opts):
     BIDS_DIR is fMRIPrep's output folder (or an XCP-D-style time-series dataset with
     --input-type timeseries); OUTPUT_DIR receives a BIDS derivatives dataset.
     """
-    from bids_semantoks.bids.layout import read_filter_file
-    from bids_semantoks.config import build_settings
+    from bids_semantoks.config import build_settings, read_filter_json
 
     _setup_logging(opts["verbose"])
+    filter_file = opts["bids_filter_file"]
     participant = {
         "participant_label": _labels(opts["participant_label"]),
         "session_label": _labels(opts["session_label"]),
         "task_id": _labels(opts["task_id"]),
-        "bids_filters": read_filter_file(opts["bids_filter_file"]) if opts["bids_filter_file"] else None,
+        "bids_filters": read_filter_json(filter_file) if filter_file else None,
         **{k: opts[k] for k in ("space", "input_type", "atlas", "denoise_strategy", "fd_thresh", "min_time",
                                 "lower_bpf", "upper_bpf", "target_tr", "min_coverage", "model", "device",
                                 "save_tokens")},
@@ -174,22 +220,39 @@ def cli(bids_dir, output_dir, analysis_level, **opts):
         "seed": opts["random_seed"],
     }
     pretrain = {
-        "epochs": opts["epochs"], "lr": opts["lr"], "model_size": opts["model_size"],
+        "epochs": opts["epochs"],
+        "base_lr": opts["lr"],  # --lr is the spec's base LR per 256 samples (peak = lr x batch / 256)
+        "model_size": opts["model_size"],
         "train_fraction": opts["train_fraction"], "name": opts["model_name"], "resume": opts["resume"],
         "device": opts["device"],
         "seed": opts["random_seed"],
         "batch_size": opts["batch_size"] if analysis_level == "pretrain" else None,
     }
+    sections = {"participant": participant, "run": run, "group": group, "pretrain": pretrain}
+    flags = {f"{section}.{key}": f"{FLAGS.get(f'{section}.{key}', '--' + key.replace('_', '-'))} {_shown(value)}".strip()
+             for section, values in sections.items() for key, value in values.items() if value is not None}
+    flags.update({"participant.bids_filters": f"--bids-filter-file {filter_file}",
+                  "group.raw_dir": f"--derivatives raw={group['raw_dir']}"})
     settings = build_settings(
         bids_dir, output_dir, analysis_level,
-        {"participant": participant, "run": run,
-         "group": {k: v for k, v in group.items() if v is not None},
-         "pretrain": {k: v for k, v in pretrain.items() if v is not None}},
-        config_file=opts["config_file"],
+        {name: {k: v for k, v in values.items() if v is not None} for name, values in sections.items()},
+        config_file=opts["config_file"], flags=flags,
     )
+    # before numpy/torch are imported: they size their thread pools once, when they load
+    limit_threads(settings.run.omp_nthreads)
+    if filter_file:
+        settings.participant.bids_filters = _pybids_filters(settings.participant.bids_filters)
     from bids_semantoks import levels
 
     levels.run(settings)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is True else str(value)
 
 
 def _setup_logging(verbose: int) -> None:

@@ -216,7 +216,7 @@ def run_group(settings: Settings) -> None:
 
     st = settings.participant
     bids_layout.check_dataset(settings.bids_dir, settings.output_dir, "timeseries")
-    options = _options(GroupOptions, {"n_jobs": settings.run.nprocs, **settings.group}, "group")
+    options = settings.group  # validated with the settings (n_jobs defaults to --nprocs there)
     atlas_tsv = None if st.atlas == "default" else Path(st.atlas)
     code = _run_group(options, settings.bids_dir, settings.output_dir, input_type=st.input_type,
                       atlas_tsv=atlas_tsv, participant_labels=st.participant_label or None)
@@ -234,7 +234,7 @@ def run_pretrain(settings: Settings) -> None:
     st = settings.participant
     bids_layout.check_dataset(settings.bids_dir, settings.output_dir, st.input_type)
     _check_output_dir(settings.output_dir)
-    options = _options(PretrainOptions, settings.pretrain, "pretrain")
+    options = settings.pretrain  # validated with the settings
     _, atlas = resolve_atlas(settings)
     runs = collect_model_ready_runs(settings, atlas)
     folder = _run_pretrain(options, runs, settings.output_dir, network_names=atlas["networks"],

@@ -64,6 +64,9 @@ class ModelNotAvailable(MissingInputError):
 
 
 def _one_line(exc: BaseException) -> str:
+    if hasattr(exc, "errors") and callable(exc.errors):  # pydantic: the first error, where it is and what
+        err = exc.errors()[0]
+        return f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}".removeprefix(": ")
     text = " ".join(str(exc).split())
     first = text.split(". ")[0]  # torch appends paragraphs of advice after the first sentence
     return (first if len(first) >= 20 else text)[:200]
@@ -189,21 +192,24 @@ def config_from_state(
         )
     if network_names is None:
         network_names = list(DEFAULT_NETWORK_ORDER) if n_net == len(DEFAULT_NETWORK_ORDER) else [f"net{i}" for i in range(n_net)]
-    return EncoderConfig(
-        network_names=list(network_names),
-        channel_networks=[int(c) for c in network_map],
-        dim=d,
-        depth=depth,
-        heads=heads,
-        mlp_ratio=mlp_hidden / d,
-        patch_len=patch_len,
-        n_patches=n_patches,
-        dense_kernel=dense_kernel,
-        sl_piece_len=piece_len,
-        sl_n_pieces=n_pieces,
-        sl_decay=decay,
-        name=str((saved_config or {}).get("run_name") or "official"),
-    )
+    try:
+        return EncoderConfig(
+            network_names=list(network_names),
+            channel_networks=[int(c) for c in network_map],
+            dim=d,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_hidden / d,
+            patch_len=patch_len,
+            n_patches=n_patches,
+            dense_kernel=dense_kernel,
+            sl_piece_len=piece_len,
+            sl_n_pieces=n_pieces,
+            sl_decay=decay,
+            name=str((saved_config or {}).get("run_name") or "official"),
+        )
+    except ValueError as exc:  # pydantic's ValidationError: an architecture this app cannot run
+        raise DataError(f"the checkpoint's architecture is not usable ({_one_line(exc)}); wrong model file") from None
 
 
 def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:

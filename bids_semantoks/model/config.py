@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["EncoderConfig", "model_preset", "PRESETS"]
+__all__ = ["CROP_LENGTH", "EncoderConfig", "model_preset", "PRESETS"]
+
+#: Time steps of one model window (crop): 100 TRs at the target TR (MODEL_SPEC section 4).
+CROP_LENGTH = 100
 
 #: Size presets: ``base`` is the released model (MODEL_SPEC section 3).
 PRESETS: dict[str, dict[str, int]] = {
@@ -39,7 +42,8 @@ class EncoderConfig(BaseModel):
     mlp_ratio : float
         MLP hidden width / D.
     patch_len, n_patches : int
-        Time steps per patch and patches per crop (crop length = product).
+        Time steps per patch and patches per crop; their product must be 100, the model
+        window every level uses (100 TRs at the target TR, MODEL_SPEC section 4).
     dense_kernel : int
         Kernel of the dense Conv1d tokenizer branch (odd, "same" zero padding).
     sl_piece_len, sl_n_pieces : int
@@ -78,6 +82,11 @@ class EncoderConfig(BaseModel):
         n_net = len(self.network_names)
         if self.dim % 2 or self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim={self.dim} must be even and divisible by heads={self.heads}")
+        if self.patch_len * self.n_patches != CROP_LENGTH:
+            raise ValueError(
+                f"patch_len x n_patches = {self.patch_len} x {self.n_patches} = {self.patch_len * self.n_patches}, "
+                f"but the model window is {CROP_LENGTH} time steps (20 x 5 in the released model)"
+            )
         if self.dense_kernel % 2 == 0:
             raise ValueError(f"dense_kernel={self.dense_kernel} must be odd")
         bad = sorted({c for c in self.channel_networks if not 0 <= c < n_net})
