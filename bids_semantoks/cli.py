@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from bids_semantoks import __version__
+from bids_semantoks.config import DENOISE_STRATEGIES
 from bids_semantoks.errors import EX_FAILURE, EX_OK, EX_USAGE, BidsAppError
 
 LOGGER = logging.getLogger("bids_semantoks")
@@ -122,7 +123,7 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
               show_default="fmriprep", help="fMRIPrep derivatives, or XCP-D-style *_timeseries.tsv files.")
 @click.option("--atlas", type=str, default=None,
               help="'default' (Schaefer-400 7N + Tian S3 + Buckner-7) or the path of a user _dseg.tsv.")
-@click.option("--denoise-strategy", type=click.Choice(["simple", "scrubbing", "compcor", "ica_aroma", "none"]),
+@click.option("--denoise-strategy", type=click.Choice(list(DENOISE_STRATEGIES)),
               default=None, show_default="simple", help="nilearn confound preset (see README for the rationale).")
 @click.option("--fd-thresh", type=float, default=None, show_default="0.5", help="FD threshold (mm) for scrubbing.")
 @click.option("--min-time", type=float, default=None, show_default="100",

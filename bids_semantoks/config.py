@@ -48,13 +48,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bids_semantoks.errors import DataError, MissingInputError, UsageError
+from bids_semantoks.extract.denoise import strategy_names
 
 __all__ = [
     "DENOISE_STRATEGIES", "SPACES", "ParticipantSettings", "RunSettings", "GroupOptions", "PretrainOptions",
     "Settings", "build_settings", "read_config_file", "read_filter_json", "read_user_text", "available_cpus",
 ]
 
-DENOISE_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma", "none")
+DENOISE_STRATEGIES = strategy_names()  # the presets in bids_semantoks/data/denoise/, listed once
 SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
 #: BIDS labels are alphanumeric (BIDS specification, "Entities").
 _LABEL = re.compile(r"[A-Za-z0-9]+")
@@ -152,7 +153,7 @@ class ParticipantSettings(BaseModel):
         "fmriprep", description="fMRIPrep derivatives, or XCP-D-style *_timeseries.tsv files"
     )
     atlas: str = Field("default", description="'default' (model atlas) or a user _dseg.tsv path")
-    denoise_strategy: Literal["simple", "scrubbing", "compcor", "ica_aroma", "none"] = Field(
+    denoise_strategy: Literal[DENOISE_STRATEGIES] = Field(
         "simple", description="nilearn confound preset"
     )
     fd_thresh: float = Field(0.5, ge=0, description="framewise displacement threshold (mm) for scrubbing")
