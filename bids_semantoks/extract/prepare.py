@@ -229,6 +229,11 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
             raise DataError(f"{run.bold}: expected a 4-D BOLD series, got {bold_img.ndim}-D; check the file")
         n_vol = bold_img.shape[3]
         check_header_tr(run, bold_img)
+        from bids_semantoks.atlas.templates import check_bold_grid
+
+        grid = check_bold_grid(bold_img, run.space, run.res, run.bold.name)  # TemplateFlow's grid
+        if grid.message:
+            LOGGER.warning("%s", grid.message)
         if run.confounds is not None:
             conf, sample_mask, mean_fd = load_confounds(
                 run.bold, run.confounds, st["denoise_strategy"], st["fd_thresh"], st["std_dvars_thresh"], n_vol
