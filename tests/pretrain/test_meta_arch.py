@@ -54,3 +54,37 @@ def test_param_groups_no_decay_on_norms_biases_tokens():
     assert "encoder.mask_token" in no and "encoder.cls_token" in no and "encoder.network_embed" in no
     assert all(not n.endswith(".bias") for n in yes)
     assert "head.fc1.weight" in yes and any("qkv.weight" in n for n in yes)
+
+
+def test_ema_foreach_equals_plain_loop_bitwise():
+    a, b = _model(), _model()
+    with torch.no_grad():
+        for p in list(a.student.parameters()) + list(b.student.parameters()):
+            p.add_(torch.linspace(-1, 1, p.numel()).view_as(p))
+    for m in (0.9, 0.996, 0.99999):
+        a.update_teacher(m, foreach=True)
+        b.update_teacher(m, foreach=False)
+    for ta, tb in zip(a.teacher.parameters(), b.teacher.parameters()):
+        assert torch.equal(ta, tb)
+    assert not torch.equal(next(a.teacher.parameters()), next(_model().teacher.parameters()))  # it moved
+
+
+def test_forward_backward_returns_the_loss_dict():
+    from bids_semantoks.pretrain.meta_arch import LOSS_TERMS
+
+    m = _model()
+    x = torch.randn(6, len(CHANNEL_NETWORKS), 100)
+    kw = dict(n_views=2, coding_rate_eps=0.05, tok_loss_weight=0.5)
+    losses, t_out = m.forward_backward(x, None, ttr_weight=0.0, **kw)  # unmasked, no TTR: only L_cls
+    assert tuple(losses) == LOSS_TERMS
+    assert torch.equal(losses["loss"], losses["loss_cls"])
+    assert all(torch.isnan(losses[k]) for k in ("loss_tok", "loss_ttr", "ttr_alignment", "ttr_rate"))
+    assert m.student.encoder.mask_token.grad is None  # unused on unmasked steps
+    assert all(p.grad is None for p in m.teacher.parameters()) and t_out["cls"].shape == (6, 16)
+    m.zero_grad(set_to_none=True)
+    mask = torch.zeros(6, 3, 5, dtype=torch.bool)
+    mask[:, 0] = True
+    losses, _ = m.forward_backward(x, mask, ttr_weight=0.25, **kw)
+    expected = losses["loss_cls"] + 0.5 * losses["loss_tok"] + 0.25 * losses["loss_ttr"]
+    torch.testing.assert_close(losses["loss"].detach(), expected)
+    assert m.student.encoder.mask_token.grad is not None
