@@ -172,16 +172,27 @@ class SelfDistillation(nn.Module):
             with torch.no_grad():
                 t_out = self.teacher(x, None, tokens=masked, ttr=ttr)
 
-        local = x.shape[0] // n_views
+        losses = self.__dict__.get("_compiled_losses", self._losses)
+        weight = torch.full((), ttr_weight, device=x.device) if "_compiled_losses" in self.__dict__ else ttr_weight
+        values = losses(s_out, t_out, mask, weight, ttr, n_views, coding_rate_eps, tok_loss_weight, gather)
+        loss = values[0]
+        loss.backward()
+        return {k: v if k == "loss" else v.detach() for k, v in zip(LOSS_TERMS, values)}, t_out
+
+    def _losses(self, s_out, t_out, mask, ttr_weight, ttr: bool, n_views: int, coding_rate_eps: float,
+                tok_loss_weight: float, gather):
+        """The loss terms of one step, in :data:`LOSS_TERMS` order (NaN where not computed)."""
+        cls = s_out["cls"]
+        local = cls.shape[0] // n_views
         n_networks, n_tokens = self.student.n_networks, self.student.n_networks * self.student.n_patches
-        p = s_out["cls"].shape[-1]
-        nan = torch.full((), float("nan"), device=x.device)  # placeholder of terms not computed
+        p = cls.shape[-1]
+        nan = torch.full((), float("nan"), device=cls.device)  # placeholder of terms not computed
         l_cls, cls_align, cls_rate = coding_rate_loss(
-            s_out["cls"].view(n_views, local, p), t_out["cls"].view(n_views, local, p), coding_rate_eps, gather
+            cls.view(n_views, local, p), t_out["cls"].view(n_views, local, p), coding_rate_eps, gather
         )
         loss = l_cls
         l_tok = l_ttr = ttr_align = ttr_rate = nan
-        if masked:
+        if mask is not None:
             l_tok = masked_token_loss(s_out["tokens"], t_out["tokens"], mask.view(-1, n_tokens))
             loss = loss + tok_loss_weight * l_tok
         if ttr:
@@ -191,10 +202,18 @@ class SelfDistillation(nn.Module):
                 coding_rate_eps, gather,
             )
             loss = loss + ttr_weight * l_ttr
-        loss.backward()
-        values = (loss, l_cls, cls_align, cls_rate, l_tok, l_ttr, ttr_align, ttr_rate)
-        losses = {k: v if k == "loss" else v.detach() for k, v in zip(LOSS_TERMS, values)}
-        return losses, t_out
+        return loss, l_cls, cls_align, cls_rate, l_tok, l_ttr, ttr_align, ttr_rate
+
+    def compile_step(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the loss assembly too (``compile: step``, CUDA only).
+
+        The encoders are compiled separately (``compile_encoders``). The TTR weight is then
+        passed as a 0-d tensor so that its per-step value does not trigger a recompilation;
+        the numbers differ from eager only by the fused kernels' rounding. The EMA stays
+        the foreach kernels (its momentum changes every step; ``pretrain_throughput.py``
+        times it).
+        """
+        self.__dict__["_compiled_losses"] = torch.compile(self._losses, backend=backend)
 
     def update_teacher(self, momentum: float, *, foreach: bool = True) -> None:
         """EMA step of the teacher towards the student (:func:`ema_update`)."""

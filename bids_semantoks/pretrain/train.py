@@ -123,17 +123,23 @@ def plan_steps(options: PretrainOptions, n_subjects: int, info: DistInfo) -> Ste
 def compile_encoders(model: SelfDistillation, options: PretrainOptions, device: torch.device) -> bool:
     """``torch.compile`` the student and teacher encoders when ``options.compile`` asks (auto: on CUDA).
 
-    Returns whether they were compiled. Under ``auto`` a missing compiler toolchain falls
-    back to eager (costs speed, not the run).
+    ``"step"`` (CUDA only; on CPU the step stays eager, with the plain path's numbers)
+    also compiles the loss assembly and the EMA update (:meth:`SelfDistillation.compile_step`).
+    Returns whether anything was compiled. Under ``auto``/``step`` a missing compiler
+    toolchain falls back to eager (costs speed, not the run).
     """
-    if not (options.compile is True or (options.compile == "auto" and device.type == "cuda")):
+    mode = options.compile
+    cuda = device.type == "cuda"
+    if not (mode is True or (mode in ("auto", "step") and cuda)):
         return False
-    if options.compile == "auto":
+    if mode in ("auto", "step"):
         import torch._dynamo as dynamo
 
         dynamo.config.suppress_errors = True
     model.student.encoder.compile()
     model.teacher.encoder.compile()
+    if mode == "step":
+        model.compile_step()
     return True
 
 
