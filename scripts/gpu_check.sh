@@ -5,7 +5,8 @@
 #   parity       CUDA fp32 with TF32 off vs ../shared/fixtures/reference_parity (<= 1e-5)
 #   encoder      benchmarks/gpu_encoder.py at batch 1024: fp32, TF32, bf16, bf16 compiled
 #                (ratios vs the authors' 16,550 fp16 / 5,995 fp32 crops/s on an H100)
-#   throughput   benchmarks/pretrain_throughput.py eager vs compiled, base @ 512, profile split
+#   throughput   benchmarks/pretrain_throughput.py eager vs compiled encoders vs compiled step
+#                (encoders + loss assembly), base @ 512, profile split, EMA foreach vs plain
 #                (ratio vs the authors' 1,780 subjects/s on an H100)
 #   pretrain     `pretrain --device cuda` on N_PRE synthetic subjects, one epoch, compiled, timed
 #   participant  `participant --device cuda --model <that folder>` on N_PART synthetic runs, timed
@@ -49,7 +50,7 @@ fi
 if [[ $MODE == gpu ]]; then
   DEVICE=cuda; N_PRE=${N_PRE:-10000}; N_PART=${N_PART:-1000}; VOLS=${VOLS:-180}
   ENC_ARGS=(--batch 1024 --repeats 10 --compile)
-  THR_ARGS=(--device cuda --steps 12 --profile)
+  THR_ARGS=(--device cuda --steps 12 --profile --variants eager,compiled,step)
   PRE_ARGS=(--model-size base --batch-size 512)
   GEN_SIZE=()
   CARD=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")' 2>/dev/null)
@@ -134,7 +135,8 @@ for x in r["rows"]:
     ratio = f"{x['subjects_per_s'] / anchor:.2f}x" if x["batch"] == 512 and "CPU" not in x["device"] else "no ratio"
     sp = x.get("split") or {}
     split = "/".join(f"{sp.get(k, float('nan')):.0f}" for k in ("matmul", "elementwise", "other"))
-    cells.append(f"{'compiled' if x['compile'] else 'eager'} {x['subjects_per_s']:.0f} subj/s "
+    name = {"False": "eager", "True": "compiled", "step": "step"}.get(str(x["compile"]), str(x["compile"]))
+    cells.append(f"{name} {x['subjects_per_s']:.0f} subj/s "
                  f"({ratio}), {x['memory']}, mm/elem/other {split} ms")
 print("throughput: " + "; ".join(cells) + f" [{sys.argv[2]}]")
 EOF
