@@ -31,7 +31,7 @@ set -u
 MODE=gpu
 [[ "${1:-}" == "--cpu-smoke" || "${1:-}" == "--dry-run" ]] && MODE=cpu
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 66
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 PY=${PYTHON:-python}
@@ -50,7 +50,7 @@ fi
 if [[ $MODE == gpu ]]; then
   DEVICE=cuda; N_PRE=${N_PRE:-10000}; N_PART=${N_PART:-1000}; VOLS=${VOLS:-180}
   ENC_ARGS=(--batch 1024 --repeats 10 --compile)
-  THR_ARGS=(--device cuda --steps 12 --profile --variants eager,compiled,step)
+  THR_ARGS=(--device cuda --steps 12 --profile --variants "eager,compiled,step")
   PRE_ARGS=(--model-size base --batch-size 512)
   GEN_SIZE=()
   CARD=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")' 2>/dev/null)
