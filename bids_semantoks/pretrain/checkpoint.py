@@ -27,9 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bids_semantoks.errors import DataError, OutputError
+from bids_semantoks.errors import DataError, OutputError, UsageError
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state", "load_state", "STATE_NAME"]
+__all__ = [
+    "atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state", "load_state", "STATE_NAME",
+    "save_training_state", "resume_training",
+]
 
 STATE_NAME = "training/state.pt"
 
@@ -100,3 +103,54 @@ def load_state(path: Path) -> dict[str, Any]:
             ) from None
         msg = " ".join(str(exc).split())[:200]
         raise OutputError(f"{path}: unreadable training state ({msg}); delete it and start without --resume") from exc
+
+
+def save_training_state(
+    path: Path, *, epoch: int, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    fingerprint: dict[str, Any],
+) -> None:
+    """Write the resumable state (student, teacher, optimiser, RNG states) after ``epoch`` epochs.
+
+    ``model`` is the :class:`~bids_semantoks.pretrain.meta_arch.SelfDistillation` (not a
+    DistributedDataParallel wrapper), so the keys are the same on one or many processes.
+    """
+    atomic_torch_save(
+        {
+            "epoch": epoch,
+            "step": step,
+            "student": model.student.state_dict(),
+            "teacher": model.teacher.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "fingerprint": fingerprint,
+        },
+        path,
+    )
+
+
+def resume_training(
+    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: dict[str, Any]
+) -> int:
+    """Load the state at ``path`` into ``model`` and ``optimizer``, restore the RNGs.
+
+    Returns
+    -------
+    int
+        The number of epochs already done (where the run continues).
+
+    Raises
+    ------
+    UsageError
+        The state was written by a run with other settings or subjects (fingerprint).
+    """
+    state = load_state(path)
+    if state["fingerprint"] != fingerprint:
+        raise UsageError(
+            f"{path}: saved run used other settings or subjects; resume with the same options, "
+            "or start without --resume (after moving the folder)"
+        )
+    model.student.load_state_dict(state["student"])
+    model.teacher.load_state_dict(state["teacher"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"])

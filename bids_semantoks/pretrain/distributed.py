@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "barrier", "all_mean"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def all_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of ``t`` over the processes (``t`` itself on one process)."""
+    if info.distributed:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= info.world_size
+    return t

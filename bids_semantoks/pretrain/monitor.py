@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["STEP_COLUMNS", "embedding_stats", "format_rows", "plot_loss_curve", "make_progress"]
+__all__ = [
+    "STEP_COLUMNS", "EPOCH_COLUMNS", "embedding_stats", "format_rows", "plot_loss_curve", "make_progress",
+    "prepare_logs", "StepLog", "write_epoch_row",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,11 @@ STEP_COLUMNS = (
     "step", "epoch", "masked",
     "loss", "loss_cls", "cls_alignment", "cls_rate", "loss_tok", "loss_ttr", "ttr_alignment", "ttr_rate",
     "grad_norm", "lr", "weight_decay", "momentum", "ttr_weight",
+)
+#: Columns of epoch_log.tsv.
+EPOCH_COLUMNS = (
+    "epoch", "steps", "loss", "loss_cls", "cls_alignment", "loss_tok", "loss_ttr",
+    "cls_std", "proj_std", "proj_erank", "seconds", "subjects_per_s",
 )
 
 
@@ -124,3 +136,101 @@ def make_progress(enabled: bool):
         TextColumn("{task.fields[info]}"),
         transient=False,
     )
+
+
+def prepare_logs(step_log: Path, epoch_log: Path, *, start_step: int, start_epoch: int) -> None:
+    """Start both logs with their header; on a resume keep the rows before the checkpoint.
+
+    Steps and epochs logged after the last checkpoint by a killed run are dropped, so the
+    resumed run's logs equal an uninterrupted run's (no duplicated rows).
+    """
+    from bids_semantoks.pretrain.checkpoint import atomic_write_text
+
+    for path, columns, first in ((step_log, STEP_COLUMNS, start_step), (epoch_log, EPOCH_COLUMNS, start_epoch)):
+        kept = []
+        if first > 0 and path.is_file():
+            kept = [ln for ln in path.read_text().splitlines(True)[1:] if int(ln.split("\t", 1)[0]) < first]
+        atomic_write_text("\t".join(columns) + "\n" + "".join(kept), path)
+
+
+def write_epoch_row(path: Path, values: dict[str, Any]) -> None:
+    """Append one row (``values`` keyed by :data:`EPOCH_COLUMNS`) to epoch_log.tsv."""
+    with open(path, "a") as fh:
+        fh.write("\t".join(_fmt(values[c]) for c in EPOCH_COLUMNS) + "\n")
+
+
+class StepLog:
+    """Per-step terms of one process: buffered on the device, flushed every ``log_every`` steps.
+
+    A flush averages the buffered terms over the processes (one all-reduce, one device sync),
+    appends the rows to training_log.tsv (main process) and updates the progress bar.
+
+    Parameters
+    ----------
+    path : Path
+        training_log.tsv.
+    log_every : int
+    batch_size : int
+        Global batch, for the subjects/s of the progress bar.
+    schedule_at : callable
+        ``schedule_at(step) -> dict`` of the schedule columns (``Schedules.at``).
+    reduce : callable
+        Mean over the processes of a tensor (``distributed.all_mean``).
+    write : bool
+        Whether this process writes the file (the main process).
+    progress : rich Progress or None
+    """
+
+    terms = STEP_COLUMNS[3:12]
+
+    def __init__(self, path: Path, *, log_every: int, batch_size: int, schedule_at: Callable[[int], dict],
+                 reduce: Callable[[torch.Tensor], torch.Tensor], write: bool, progress=None):
+        self.path, self.log_every, self.batch_size = path, log_every, batch_size
+        self.schedule_at, self.reduce, self.write, self.progress = schedule_at, reduce, write, progress
+
+    def start_epoch(self, epoch: int, n_epochs: int, steps: int) -> None:
+        self.epoch, self._pending, self._epoch_terms = epoch, [], []
+        self._task = None
+        if self.progress is not None:
+            self._task = self.progress.add_task("", total=steps, epoch=f"{epoch + 1}/{n_epochs}", info="")
+        self._t_flush, self._n_flush = time.perf_counter(), 0
+
+    def add(self, step: int, masked: bool, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor,
+            *, completed: int, flush: bool = False) -> None:
+        """Buffer one step (no device sync); flush every ``log_every`` steps or when ``flush``."""
+        loss = losses["loss"]
+        values = [losses[k] for k in self.terms[:-1]] + [grad_norm.to(loss.dtype)]
+        self._pending.append((step, masked, torch.stack(values).detach()))
+        self._n_flush += 1
+        if len(self._pending) >= self.log_every or flush:
+            self._flush(completed)
+
+    def _flush(self, completed: int) -> None:
+        values = self.reduce(torch.stack([t for _, _, t in self._pending])).cpu().numpy()
+        self._epoch_terms.append(values)
+        rows = []
+        for (s, was_masked, _), v in zip(self._pending, values):
+            row = dict(zip(self.terms, v.tolist()))
+            row.update(step=s, epoch=self.epoch, masked=int(was_masked), **self.schedule_at(s))
+            rows.append(row)
+        self._pending = []
+        now = time.perf_counter()
+        speed = self._n_flush * self.batch_size / max(now - self._t_flush, 1e-9)
+        self._t_flush, self._n_flush = now, 0
+        if self.write:
+            with open(self.path, "a") as fh:
+                fh.write(format_rows(rows))
+        if self.progress is not None:
+            last = rows[-1]
+            self.progress.update(
+                self._task, completed=completed,
+                info=f"loss {last['loss']:.3f} cls {last['loss_cls']:.3f} "
+                     f"tok {last['loss_tok']:.3f} ttr {last['loss_ttr']:.3f} | {speed:.0f} subj/s",
+            )
+
+    def epoch_means(self) -> dict[str, float]:
+        """Mean of every term over the epoch's steps (NaN-aware: terms not computed are skipped)."""
+        with warnings.catch_warnings():  # all-NaN columns (no masked step) are fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(np.concatenate(self._epoch_terms), axis=0)
+        return {k: float(v) for k, v in zip(self.terms, means)}

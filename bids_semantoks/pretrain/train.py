@@ -18,41 +18,43 @@ makes the same draws as an uninterrupted one (bitwise identical weights on CPU),
 their rows). Distributed: the student is wrapped in DistributedDataParallel
 (``find_unused_parameters=True``: the mask embedding is unused on unmasked steps) and
 the coding rates use the global batch (``losses.all_gather_with_grad``).
+
+Layout (after DINOv2's ``train/train.py`` + ``ssl_meta_arch.py``): the set-up is one
+function each (:func:`plan_steps`, :func:`compile_encoders`, :func:`build_optimizer`,
+:func:`prepare_run`); the losses and their gradient are
+:meth:`~bids_semantoks.pretrain.meta_arch.SelfDistillation.forward_backward`, the EMA
+:meth:`~bids_semantoks.pretrain.meta_arch.SelfDistillation.update_teacher`; :func:`train`
+only iterates, steps the schedules, logs (:class:`~bids_semantoks.pretrain.monitor.StepLog`)
+and checkpoints at the end of an epoch (:func:`end_epoch`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from bids_semantoks.errors import UsageError
 from bids_semantoks.pretrain import monitor
 from bids_semantoks.pretrain.augment import augment_views, sample_masks, sample_views
-from bids_semantoks.pretrain.checkpoint import (
-    STATE_NAME,
-    atomic_torch_save,
-    atomic_write_text,
-    load_state,
-    rng_state,
-    set_rng_state,
-)
+from bids_semantoks.pretrain.checkpoint import STATE_NAME, resume_training, save_training_state
 from bids_semantoks.pretrain.data import PretrainData
-from bids_semantoks.pretrain.distributed import DistInfo, barrier
-from bids_semantoks.pretrain.losses import all_gather_with_grad, coding_rate_loss, masked_token_loss, ttr_loss
-from bids_semantoks.pretrain.meta_arch import SelfDistillation, ema_update, param_groups
+from bids_semantoks.pretrain.distributed import DistInfo, all_mean, barrier
+from bids_semantoks.pretrain.losses import all_gather_with_grad
+from bids_semantoks.pretrain.meta_arch import SelfDistillation, param_groups
 from bids_semantoks.pretrain.options import PretrainOptions
 from bids_semantoks.pretrain.schedules import Schedules
 
-__all__ = ["train", "step_generator", "epoch_order"]
+__all__ = [
+    "train", "step_generator", "epoch_order", "StepPlan", "plan_steps", "compile_encoders", "build_optimizer",
+    "prepare_run", "sample_batch", "apply_schedules", "clip_gradients", "end_epoch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +92,177 @@ def _autocast(options: PretrainOptions, device: torch.device):
     return nullcontext()
 
 
-def _all_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.distributed:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= info.world_size
-    return t
+# --- set-up --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How the global batch is cut: steps per epoch, this process's rows of each batch."""
+
+    batch: int
+    steps_per_epoch: int
+    local: int
+    rows: slice
+
+
+def plan_steps(options: PretrainOptions, n_subjects: int, info: DistInfo) -> StepPlan:
+    """Check the batch against the processes and the subjects (drop_last); raise UsageError if unusable."""
+    batch = options.batch_size
+    if batch % info.world_size:
+        raise UsageError(f"--batch-size {batch} is not divisible by the {info.world_size} processes; change either")
+    steps_per_epoch = n_subjects // batch
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"--batch-size {batch} exceeds the {n_subjects} selected subjects (drop_last leaves no step); "
+            "lower --batch-size or raise --train-fraction"
+        )
+    local = batch // info.world_size
+    return StepPlan(batch, steps_per_epoch, local, slice(info.rank * local, (info.rank + 1) * local))
+
+
+def compile_encoders(model: SelfDistillation, options: PretrainOptions, device: torch.device) -> bool:
+    """``torch.compile`` the student and teacher encoders when ``options.compile`` asks (auto: on CUDA).
+
+    ``"step"`` (CUDA only; on CPU the step stays eager, with the plain path's numbers)
+    also compiles the loss assembly and the EMA update (:meth:`SelfDistillation.compile_step`).
+    Returns whether anything was compiled. Under ``auto``/``step`` a missing compiler
+    toolchain falls back to eager (costs speed, not the run).
+    """
+    mode = options.compile
+    cuda = device.type == "cuda"
+    if not (mode is True or (mode in ("auto", "step") and cuda)):
+        return False
+    if mode in ("auto", "step"):
+        import torch._dynamo as dynamo
+
+        dynamo.config.suppress_errors = True
+    model.student.encoder.compile()
+    model.teacher.encoder.compile()
+    if mode == "step":
+        model.compile_step()
+    return True
+
+
+def build_optimizer(model: SelfDistillation, options: PretrainOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the student's parameter groups (:func:`~.meta_arch.param_groups`).
+
+    LR and weight decay start at 0 and are set from the schedules at every step. Fused
+    kernel on CUDA (one launch for all parameters); the default foreach path on CPU.
+    """
+    return torch.optim.AdamW(param_groups(model.student), lr=0.0, betas=tuple(options.adam_betas), weight_decay=0.0,
+                             fused=True if device.type == "cuda" else None)
+
+
+def prepare_run(
+    model: SelfDistillation, optimizer: torch.optim.Optimizer, options: PretrainOptions, folder: Path,
+    info: DistInfo, fingerprint: dict[str, Any], steps_per_epoch: int,
+) -> int:
+    """Resume if asked and possible, then set up ``training/`` (options, logs); return the first epoch.
+
+    On the main process: removes temporary files of a killed run, writes ``options.yaml``
+    and the log headers (keeping the rows before the checkpoint on a resume).
+    """
+    training_dir = folder / "training"
+    state_path = folder / STATE_NAME
+    start_epoch = 0
+    if options.resume and state_path.is_file():
+        start_epoch = resume_training(state_path, model=model, optimizer=optimizer, fingerprint=fingerprint)
+        logger.info("resuming %s at epoch %d of %d", folder.name, start_epoch, options.epochs)
+    elif options.resume:
+        logger.info("--resume: no training state in %s, starting from scratch", training_dir)
+    if info.is_main:
+        training_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*folder.glob(".*.tmp"), *training_dir.glob(".*.tmp")]:  # left by a killed run
+            stale.unlink(missing_ok=True)
+        options.to_file(training_dir / "options.yaml")
+        monitor.prepare_logs(training_dir / "training_log.tsv", training_dir / "epoch_log.tsv",
+                             start_step=start_epoch * steps_per_epoch, start_epoch=start_epoch)
+    barrier(info)
+    return start_epoch
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, sched: Schedules, step: int) -> None:
+    """Set LR (all groups) and weight decay (groups with ``apply_weight_decay``) of ``step``."""
+    lr, wd = float(sched.lr[step]), float(sched.weight_decay[step])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("apply_weight_decay"):
+            group["weight_decay"] = wd
+
+
+def sample_batch(
+    data: PretrainData, order: torch.Tensor, epoch_step: int, step: int, plan: StepPlan, options: PretrainOptions,
+    n_networks: int, n_patches: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's augmented views ``[n_views * local, C, 100]`` and masks (masked steps) of ``step``.
+
+    The draws come from :func:`step_generator` for the global batch (same on every process
+    and after a resume); each process keeps its rows.
+    """
+    n_views, batch, local = options.n_views, plan.batch, plan.local
+    masked = _masked_step(options.seed, step, options.mask_step_prob)
+    g = step_generator(options.seed, step, data.device)
+    subjects = order[epoch_step * batch : (epoch_step + 1) * batch]
+    views = sample_views(data, subjects, n_views, CROP_LEN, g, plan.rows)
+    views = augment_views(views, options, g, batch, plan.rows)
+    x = views.reshape(n_views * local, data.n_channels, CROP_LEN)
+    mask = None
+    if masked:
+        mask = sample_masks(n_views, batch, n_networks, n_patches, options, g, plan.rows)
+        mask = mask.reshape(n_views * local, n_networks, n_patches)
+    return x, mask
+
+
+def clip_gradients(module: torch.nn.Module, clip: float | None) -> torch.Tensor:
+    """Clip the gradient norm to ``clip`` (None: no clipping); return the norm before clipping."""
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    return torch.nn.utils.get_total_norm([q.grad for q in module.parameters() if q.grad is not None])
+
+
+# --- end of an epoch -----------------------------------------------------------------------------
+
+
+def end_epoch(
+    *, epoch: int, seconds: float, plan: StepPlan, means: dict[str, float], teacher_out: dict[str, torch.Tensor],
+    model: SelfDistillation, optimizer: torch.optim.Optimizer, options: PretrainOptions, folder: Path,
+    info: DistInfo, fingerprint: dict[str, Any], save_model, metadata: dict[str, Any] | None, checkpoint: bool,
+    log_line: bool,
+) -> dict[str, Any]:
+    """Collapse watch on the last teacher output, epoch log row, checkpoint when due; return the epoch summary."""
+    stats = monitor.embedding_stats(teacher_out["cls_embedding"], teacher_out["cls"])
+    monitor.warn_if_collapsed(stats, epoch + 1, options.collapse_erank)
+    summary = dict(epoch=epoch + 1, seconds=seconds, subjects_per_s=plan.steps_per_epoch * plan.batch / seconds,
+                   loss=means["loss"], **stats)
+    if info.is_main and log_line:
+        logger.info("epoch %d/%d: loss %.4f, [CLS] effective rank %.1f, %.0f subjects/s",
+                    epoch + 1, options.epochs, means["loss"], stats["proj_erank"], summary["subjects_per_s"])
+    training_dir = folder / "training"
+    if info.is_main:
+        monitor.write_epoch_row(training_dir / "epoch_log.tsv", {
+            **means, **stats, "epoch": epoch, "steps": plan.steps_per_epoch, "seconds": seconds,
+            "subjects_per_s": summary["subjects_per_s"],
+        })
+    if checkpoint:
+        done = epoch + 1
+        if info.is_main:
+            save_training_state(folder / STATE_NAME, epoch=done, step=done * plan.steps_per_epoch, model=model,
+                                optimizer=optimizer, fingerprint=fingerprint)
+            meta = dict(metadata or {})
+            meta.update(epoch=done, epochs=options.epochs, steps=done * plan.steps_per_epoch)
+            save_model(model.teacher.encoder, folder, meta)
+            try:
+                monitor.plot_loss_curve(training_dir / "training_log.tsv", training_dir / "loss_curve.png")
+            except Exception as exc:  # a figure must never stop training
+                logger.warning("loss curve not drawn: %s", exc)
+        barrier(info)
+    return summary
+
+
+# --- the loop ------------------------------------------------------------------------------------
 
 
 def train(
@@ -137,88 +304,23 @@ def train(
         Summary: epochs run, steps, last epoch's statistics, seconds.
     """
     device = info.device
-    batch = options.batch_size
-    if batch % info.world_size:
-        raise UsageError(f"--batch-size {batch} is not divisible by the {info.world_size} processes; change either")
-    steps_per_epoch = data.n_subjects // batch
-    if steps_per_epoch == 0:
-        raise UsageError(
-            f"--batch-size {batch} exceeds the {data.n_subjects} selected subjects (drop_last leaves no step); "
-            "lower --batch-size or raise --train-fraction"
-        )
-    local = batch // info.world_size
-    rows = slice(info.rank * local, (info.rank + 1) * local)
-    sched = Schedules.from_options(options, steps_per_epoch)
-    n_views = options.n_views
-    n_networks, n_patches = model.student.n_networks, model.student.n_patches
-    n_tokens = n_networks * n_patches
-    gather = all_gather_with_grad if info.distributed else None
-
+    plan = plan_steps(options, data.n_subjects, info)
+    sched = Schedules.from_options(options, plan.steps_per_epoch)
     model.to(device)
-    if options.compile is True or (options.compile == "auto" and device.type == "cuda"):
-        if options.compile == "auto":  # a missing compiler toolchain costs speed, not the run
-            import torch._dynamo as dynamo
+    compile_encoders(model, options, device)
+    if info.distributed:
+        model.prepare_for_distributed_training(device)
+    optimizer = build_optimizer(model, options, device)
+    fingerprint = _fingerprint(options, data, plan.steps_per_epoch)
+    start_epoch = prepare_run(model, optimizer, options, folder, info, fingerprint, plan.steps_per_epoch)
+    loss_args = dict(n_views=options.n_views, coding_rate_eps=options.coding_rate_eps,
+                     tok_loss_weight=options.tok_loss_weight, gather=all_gather_with_grad if info.distributed else None)
+    n_networks, n_patches = model.student.n_networks, model.student.n_patches
 
-            dynamo.config.suppress_errors = True
-        model.student.encoder.compile()
-        model.teacher.encoder.compile()
-    student_module = model.student
-    teacher = model.teacher
-    student = (
-        DistributedDataParallel(student_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                find_unused_parameters=True)
-        if info.distributed else student_module
-    )
-    groups = param_groups(student_module)
-    # fused kernel on CUDA (one launch for all parameters); the default foreach path on CPU
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(options.adam_betas), weight_decay=0.0,
-                                  fused=True if device.type == "cuda" else None)
-
-    training_dir = folder / "training"
-    state_path = folder / STATE_NAME
-    log_path = training_dir / "training_log.tsv"
-    epoch_log_path = training_dir / "epoch_log.tsv"
-    fingerprint = _fingerprint(options, data, steps_per_epoch)
-    start_epoch = 0
-    if options.resume and state_path.is_file():
-        state = load_state(state_path)
-        if state["fingerprint"] != fingerprint:
-            raise UsageError(
-                f"{state_path}: saved run used other settings or subjects; resume with the same options, "
-                "or start without --resume (after moving the folder)"
-            )
-        student_module.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        logger.info("resuming %s at epoch %d of %d", folder.name, start_epoch, options.epochs)
-    elif options.resume:
-        logger.info("--resume: no training state in %s, starting from scratch", training_dir)
-
-    start_step = start_epoch * steps_per_epoch
-    if info.is_main:
-        training_dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*folder.glob(".*.tmp"), *training_dir.glob(".*.tmp")]:  # left by a killed run
-            stale.unlink(missing_ok=True)
-        options.to_file(training_dir / "options.yaml")
-        header = "\t".join(monitor.STEP_COLUMNS) + "\n"
-        epoch_header = "epoch\tsteps\tloss\tloss_cls\tcls_alignment\tloss_tok\tloss_ttr\tcls_std\tproj_std\tproj_erank\tseconds\tsubjects_per_s\n"
-        if start_epoch > 0 and log_path.is_file():  # drop steps logged after the checkpoint
-            kept = [ln for ln in log_path.read_text().splitlines(True)[1:] if int(ln.split("\t", 1)[0]) < start_step]
-            atomic_write_text(header + "".join(kept), log_path)
-            kept_e = []
-            if epoch_log_path.is_file():
-                kept_e = [ln for ln in epoch_log_path.read_text().splitlines(True)[1:]
-                          if int(ln.split("\t", 1)[0]) < start_epoch]
-            atomic_write_text(epoch_header + "".join(kept_e), epoch_log_path)
-        else:
-            atomic_write_text(header, log_path)
-            atomic_write_text(epoch_header, epoch_log_path)
-    barrier(info)
-
-    nan = torch.tensor(float("nan"), device=device)  # placeholder of terms not computed on a step
     progress = monitor.make_progress(options.progress and info.is_main)
+    log = monitor.StepLog(folder / "training" / "training_log.tsv", log_every=options.log_every,
+                          batch_size=plan.batch, schedule_at=sched.at, reduce=lambda t: all_mean(t, info),
+                          write=info.is_main, progress=progress)
     if progress is not None:
         progress.start()
     summary: dict[str, Any] = {"start_epoch": start_epoch}
@@ -226,143 +328,37 @@ def train(
     try:
         for epoch in range(start_epoch, options.epochs):
             order = torch.from_numpy(epoch_order(options.seed, epoch, data.n_subjects)).to(device)
-            student.train()
-            pending: list[tuple[int, bool, torch.Tensor]] = []
-            epoch_terms: list[torch.Tensor] = []
-            task = None
-            if progress is not None:
-                task = progress.add_task("", total=steps_per_epoch, epoch=f"{epoch + 1}/{options.epochs}", info="")
+            model.train()
+            log.start_epoch(epoch, options.epochs, plan.steps_per_epoch)
             t_epoch = time.perf_counter()
-            t_flush, n_flush = t_epoch, 0
-            last_out = None
-            for it in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + it
-                lr, wd = float(sched.lr[step]), float(sched.weight_decay[step])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                    if group.get("apply_weight_decay"):
-                        group["weight_decay"] = wd
-                w_ttr = float(sched.ttr_weight[step])
-                masked = _masked_step(options.seed, step, options.mask_step_prob)
-
-                g = step_generator(options.seed, step, device)
-                subjects = order[it * batch : (it + 1) * batch]
-                views = sample_views(data, subjects, n_views, CROP_LEN, g, rows)
-                views = augment_views(views, options, g, batch, rows)
-                x = views.reshape(n_views * local, data.n_channels, CROP_LEN)
-                mask = None
-                if masked:
-                    mask = sample_masks(n_views, batch, n_networks, n_patches, options, g, rows)
-                    mask = mask.reshape(n_views * local, n_networks, n_patches)
-
-                with _autocast(options, device):
-                    s_out = student(x, mask, tokens=masked, ttr=w_ttr > 0)
-                    with torch.no_grad():
-                        t_out = teacher(x, None, tokens=masked, ttr=w_ttr > 0)
-
-                p = s_out["cls"].shape[-1]
-                l_cls, cls_align, cls_rate = coding_rate_loss(
-                    s_out["cls"].view(n_views, local, p), t_out["cls"].view(n_views, local, p),
-                    options.coding_rate_eps, gather,
-                )
-                loss = l_cls
-                l_tok = l_ttr = ttr_align = ttr_rate = nan
-                if masked:
-                    l_tok = masked_token_loss(s_out["tokens"], t_out["tokens"], mask.view(-1, n_tokens))
-                    loss = loss + options.tok_loss_weight * l_tok
-                if w_ttr > 0:
-                    l_ttr, ttr_align, ttr_rate = ttr_loss(
-                        s_out["ttr"].view(n_views, local, n_networks, p),
-                        t_out["ttr"].view(n_views, local, n_networks, p),
-                        options.coding_rate_eps, gather,
-                    )
-                    loss = loss + w_ttr * l_ttr
-
+            for it in range(plan.steps_per_epoch):
+                step = epoch * plan.steps_per_epoch + it
+                apply_schedules(optimizer, sched, step)
+                x, mask = sample_batch(data, order, it, step, plan, options, n_networks, n_patches)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if options.clip_grad is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(student_module.parameters(), options.clip_grad)
-                else:
-                    grad_norm = torch.nn.utils.get_total_norm(
-                        [q.grad for q in student_module.parameters() if q.grad is not None]
-                    )
+                losses, teacher_out = model.forward_backward(
+                    x, mask, ttr_weight=float(sched.ttr_weight[step]), autocast=_autocast(options, device), **loss_args
+                )
+                grad_norm = clip_gradients(model.student, options.clip_grad)
                 optimizer.step()
-                ema_update(teacher, student_module, float(sched.momentum[step]))
+                model.update_teacher(float(sched.momentum[step]))
+                log.add(step, mask is not None, losses, grad_norm, completed=it + 1,
+                        flush=it == plan.steps_per_epoch - 1)
 
-                terms = torch.stack([loss, l_cls, cls_align, cls_rate, l_tok, l_ttr, ttr_align, ttr_rate,
-                                     grad_norm.to(loss.dtype)]).detach()
-                pending.append((step, masked, terms))
-                last_out = t_out
-                n_flush += 1
-                if len(pending) >= options.log_every or it == steps_per_epoch - 1:
-                    values = _all_mean(torch.stack([t for _, _, t in pending]), info).cpu().numpy()
-                    epoch_terms.append(torch.from_numpy(values))
-                    rows_out = []
-                    for (s, was_masked, _), v in zip(pending, values):
-                        row = dict(zip(monitor.STEP_COLUMNS[3:12], v.tolist()))
-                        row.update(step=s, epoch=epoch, masked=int(was_masked), **sched.at(s))
-                        rows_out.append(row)
-                    pending = []
-                    now = time.perf_counter()
-                    speed = n_flush * batch / max(now - t_flush, 1e-9)
-                    t_flush, n_flush = now, 0
-                    if info.is_main:
-                        with open(log_path, "a") as fh:
-                            fh.write(monitor.format_rows(rows_out))
-                    if progress is not None:
-                        last = rows_out[-1]
-                        progress.update(
-                            task, completed=it + 1,
-                            info=f"loss {last['loss']:.3f} cls {last['loss_cls']:.3f} "
-                                 f"tok {last['loss_tok']:.3f} ttr {last['loss_ttr']:.3f} | {speed:.0f} subj/s",
-                        )
-
-            # --- end of epoch: collapse watch, epoch log, checkpoint -----------------------------
-            seconds = time.perf_counter() - t_epoch
-            with warnings.catch_warnings():  # all-NaN columns (no masked step) are fine
-                warnings.simplefilter("ignore", RuntimeWarning)
-                means = np.nanmean(torch.cat(epoch_terms).numpy(), axis=0)
-            stats = monitor.embedding_stats(last_out["cls_embedding"], last_out["cls"])
-            monitor.warn_if_collapsed(stats, epoch + 1, options.collapse_erank)
-            summary.update(epoch=epoch + 1, seconds=seconds, subjects_per_s=steps_per_epoch * batch / seconds,
-                           loss=float(means[0]), **stats)
-            if info.is_main and progress is None and options.progress:
-                logger.info("epoch %d/%d: loss %.4f, [CLS] effective rank %.1f, %.0f subjects/s",
-                            epoch + 1, options.epochs, float(means[0]), stats["proj_erank"], summary["subjects_per_s"])
-            if info.is_main:
-                with open(epoch_log_path, "a") as fh:
-                    vals = [epoch, steps_per_epoch, means[0], means[1], means[2], means[4], means[5],
-                            stats["cls_std"], stats["proj_std"], stats["proj_erank"], seconds, summary["subjects_per_s"]]
-                    fh.write("\t".join(monitor._fmt(v) for v in vals) + "\n")
             done = epoch + 1
-            last_epoch = done == options.epochs or (stop_after_epochs is not None and done >= stop_after_epochs)
-            if done % options.checkpoint_every == 0 or last_epoch:
-                if info.is_main:
-                    atomic_torch_save(
-                        {
-                            "epoch": done,
-                            "step": done * steps_per_epoch,
-                            "student": student_module.state_dict(),
-                            "teacher": teacher.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "rng": rng_state(),
-                            "fingerprint": fingerprint,
-                        },
-                        state_path,
-                    )
-                    meta = dict(metadata or {})
-                    meta.update(epoch=done, epochs=options.epochs, steps=done * steps_per_epoch)
-                    save_model(teacher.encoder, folder, meta)
-                    try:
-                        monitor.plot_loss_curve(log_path, training_dir / "loss_curve.png")
-                    except Exception as exc:  # a figure must never stop training
-                        logger.warning("loss curve not drawn: %s", exc)
-                barrier(info)
-            if stop_after_epochs is not None and done >= stop_after_epochs:
+            stop = stop_after_epochs is not None and done >= stop_after_epochs
+            summary.update(end_epoch(
+                epoch=epoch, seconds=time.perf_counter() - t_epoch, plan=plan, means=log.epoch_means(),
+                teacher_out=teacher_out, model=model, optimizer=optimizer, options=options, folder=folder, info=info,
+                fingerprint=fingerprint, save_model=save_model, metadata=metadata,
+                checkpoint=done % options.checkpoint_every == 0 or done == options.epochs or stop,
+                log_line=progress is None and options.progress,
+            ))
+            if stop:
                 break
     finally:
         if progress is not None:
             progress.stop()
     summary["total_seconds"] = time.perf_counter() - t_run
-    summary["steps_per_epoch"] = steps_per_epoch
+    summary["steps_per_epoch"] = plan.steps_per_epoch
     return summary
