@@ -450,10 +450,11 @@ class PretrainOptions(BaseModel):
     collapse_erank: float = Field(
         2.0, ge=0, description="Warn when the effective rank of the teacher [CLS] projections drops below this."
     )
-    compile: bool | Literal["auto"] = Field(
+    compile: bool | Literal["auto", "step"] = Field(
         "auto",
         description="torch.compile the student and teacher encoders: 'auto' = on CUDA (1.6x faster steps on an "
-        "H100, ~1 min of compilation, falls back to eager if compilation fails), never on CPU; true/false force it.",
+        "H100, ~1 min of compilation, falls back to eager if compilation fails), never on CPU; true/false force it; "
+        "'step' (CUDA, experimental, not yet measured on a GPU) also compiles the loss assembly.",
     )
 
     @field_validator("name")
