@@ -82,6 +82,30 @@ def write_participant_report(output_dir: Path, subject: str, bids_dir: Path | No
     return path
 
 
+def write_participant_reports(output_dir: Path, subjects: list[str], bids_dir: Path | None = None) -> list[Path]:
+    """Write the QC page of each subject; a page that fails is one warning line, never an error.
+
+    The participant level calls this last: a report must not fail a level whose outputs are
+    written. ``KeyboardInterrupt`` still stops it.
+
+    Returns
+    -------
+    list of Path
+        The pages written (or already up to date).
+    """
+    import logging
+
+    logger = logging.getLogger("bids_semantoks")
+    done = []
+    for subject in subjects:
+        try:
+            done.append(write_participant_report(output_dir, subject, bids_dir))
+        except Exception as exc:  # noqa: BLE001 - a QC page never fails the level
+            detail = " ".join(str(exc).split())[:200]
+            logger.warning("sub-%s: QC page not written (%s: %s)", _label(subject), type(exc).__name__, detail)
+    return done
+
+
 def render(context: dict[str, Any]) -> str:
     """Render the page; non-ASCII characters become entities (the bytes do not depend on the locale)."""
     import jinja2
@@ -377,6 +401,10 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
     return run
 
 
+def _short(sha: Any) -> str:
+    return f"{sha[:16]}..." if isinstance(sha, str) and len(sha) > 16 else _fmt(sha)
+
+
 def _anchor(title: str) -> str:
     return "run-" + re.sub(r"[^A-Za-z0-9_-]", "", title)
 
@@ -440,7 +468,7 @@ def _embedding_section(meta: dict[str, Any], frame: pd.DataFrame | None, tr: flo
     out: dict[str, Any] = {
         "facts": [
             ("model", _fmt(meta.get("Model"))),
-            ("checkpoint sha256", _fmt(meta.get("ModelSha256"))),
+            ("checkpoint sha256", _short(meta.get("ModelSha256"))),
             ("dimension", _fmt(meta.get("EmbeddingDimension"))),
             ("crop length", f"{crop_len} samples" + (f" ({crop_len * tr:g} s)" if tr else "")),
             ("zero-padded", _fmt(meta.get("ZeroPadded"))),
