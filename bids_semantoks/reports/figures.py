@@ -211,8 +211,8 @@ def coverage_figure(coverage: list[float | None], region_networks: list[str], ne
         return _svg(fig)
 
 
-def similarity_figure(features: np.ndarray, onsets: list[float]) -> str:
-    """Cosine similarity between the crops' embeddings."""
+def similarity_figure(features: np.ndarray) -> str:
+    """Cosine similarity between the crops' embeddings (crops numbered as in the embedding TSV)."""
     import matplotlib
 
     with matplotlib.rc_context(_RC):
@@ -230,7 +230,8 @@ def similarity_figure(features: np.ndarray, onsets: list[float]) -> str:
                             color="black" if sim[i, j] > 0.6 else "white")
         ticks = list(range(n))
         ax.set_xticks(ticks, [f"{k}" for k in ticks])
-        ax.set_yticks(ticks, [f"{k} ({o:g} s)" for k, o in zip(ticks, onsets)])
+        ax.set_yticks(ticks, [f"{k}" for k in ticks])
+        ax.set_ylabel("crop")
         ax.set_xlabel("crop")
         ax.set_title("cosine similarity of crops")
         fig.colorbar(im, ax=ax, fraction=0.05)

@@ -497,7 +497,7 @@ def _embedding_section(meta: dict[str, Any], frame: pd.DataFrame | None, tr: flo
         })
     feats = np.hstack([avg, cls])
     if len(frame) > 1 and feats.size and np.isfinite(feats).all():
-        out["similarity"] = figures.similarity_figure(feats, [_num(o) or 0.0 for o in onsets])
+        out["similarity"] = figures.similarity_figure(feats)
     return out
 
 

@@ -334,3 +334,23 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert na.sum() > 5000, "the n/a band of the Limbic regions (orange) is not in the carpet"
     dark = (rgb.sum(axis=2) < 150).mean()
     assert 0.002 < dark < 0.5  # the carpet's dark pixels, and not a black page
+
+
+def test_user_atlas_networks_from_the_settings_log(tmp_path):
+    """A user atlas (--atlas table.tsv): the networks come from the table named in sub-<l>/log."""
+    table = tmp_path / "atlas-toy_dseg.tsv"
+    pd.DataFrame({"index": range(1, 7), "name": [f"R{i}" for i in range(6)],
+                  "network_label": ["Alpha"] * 2 + ["Beta"] * 4}).to_csv(table, sep="\t", index=False)
+    out = tmp_path / "out"
+    func = out / "sub-01" / "func"
+    data = np.random.default_rng(2).standard_normal((40, 6))
+    data[:, 0] = np.nan
+    _tsv(pd.DataFrame(data, columns=[f"R{i}" for i in range(6)]),
+         func / "sub-01_task-rest_atlas-toy_desc-simple_timeseries.tsv")
+    _json({"RepetitionTime": 2.0, "Atlas": "toy"}, func / "sub-01_task-rest_atlas-toy_desc-simple_timeseries.json")
+    _json({"participant": {"atlas": str(table)}, "run": {}}, out / "sub-01" / "log" / "bids_semantoks_participant.json")
+    html = write_participant_report(out, "01").read_text()
+    assert re.search(r'<td>Alpha</td><td class="num">2</td>\s*<td class="num">1</td>', html)
+    assert re.search(r'<td>Beta</td><td class="num">4</td>\s*<td class="num">0</td>', html)
+    assert "not grouped by network" not in html
+    assert "participant.atlas" in html  # the settings are shown
