@@ -511,10 +511,18 @@ def _mean_section(output_dir: Path, path: Path) -> dict[str, Any]:
                       ("random demo model", _fmt(bool(meta.get("ModelIsRandomDemo"))))]}
 
 
+#: Selection settings: they say which subjects a run processed, not how (a rerun of a subset
+#: must not change this subject's page).
+_SELECTION = ("participant_label", "session_label", "task_id")
+
+
 def _settings_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
-    for section in ("participant", "run"):
-        values = settings.get(section)
-        if isinstance(values, dict):
-            rows += [(f"{section}.{k}", json.dumps(v)) for k, v in values.items()]
-    return rows
+    """The settings that shape the results (the ``participant`` section, less the selection).
+
+    Execution settings (``run``: threads, work folder, ``--overwrite``...) are left out: they do
+    not change the outputs, so they must not change the page either.
+    """
+    values = settings.get("participant")
+    if not isinstance(values, dict):
+        return []
+    return [(f"participant.{k}", json.dumps(v)) for k, v in values.items() if k not in _SELECTION]

@@ -353,4 +353,9 @@ def test_user_atlas_networks_from_the_settings_log(tmp_path):
     assert re.search(r'<td>Alpha</td><td class="num">2</td>\s*<td class="num">1</td>', html)
     assert re.search(r'<td>Beta</td><td class="num">4</td>\s*<td class="num">0</td>', html)
     assert "not grouped by network" not in html
-    assert "participant.atlas" in html  # the settings are shown
+    assert "participant.atlas" in html  # the settings that shape the results are shown
+    # execution and selection settings are not: --overwrite, -w or a subset rerun leave the page as it was
+    side = out / "sub-01" / "log" / "bids_semantoks_participant.json"
+    _json({"participant": {"atlas": str(table), "participant_label": ["02"]},
+           "run": {"overwrite": True, "work_dir": "/elsewhere"}}, side)
+    assert write_participant_report(out, "01").read_text() == html
