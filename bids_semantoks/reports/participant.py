@@ -244,7 +244,7 @@ def _embeddings_by_source(output_dir: Path, paths: list[Path]) -> dict[Path, Pat
     found: dict[Path, Path] = {}
     for emb in paths:
         meta = _read_json(outputs.sidecar_of(emb))[0] or {}
-        sources = [s for s in meta.get("Sources") or [] if isinstance(s, str) and s.endswith("_timeseries.tsv")]
+        sources = [s for s in _list(meta.get("Sources")) if isinstance(s, str) and s.endswith("_timeseries.tsv")]
         if sources:
             target = _resolve_source(sources[0], None, output_dir)
         else:  # same name up to _desc-: the first time series of that stem
@@ -312,9 +312,14 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
     frame, err = _read_tsv(ts)
     if frame is None:
         run.notes.append(f"Time series {err}.")
-    data = frame.to_numpy(dtype=float) if frame is not None else np.zeros((0, 0))
-    names = [str(c) for c in frame.columns] if frame is not None else list((meta.get("Coverage") or {}).keys())
-    missing = (~np.isfinite(data).any(axis=0)) if data.size else np.ones(len(names), bool)
+    data = _numeric(frame) if frame is not None else np.zeros((0, 0))
+    coverage = meta.get("Coverage") if isinstance(meta.get("Coverage"), dict) else None
+    names = [str(c) for c in frame.columns] if frame is not None else [str(n) for n in (coverage or {})]
+    if data.size:
+        missing = ~np.isfinite(data).any(axis=0)
+    else:  # the table is unreadable or empty: what the sidecar says became n/a
+        listed = {str(n) for n in _list(meta.get("MissingRegions")) + _list(meta.get("LowCoverageRegions"))}
+        missing = np.array([n in listed for n in names], bool) if frame is None else np.ones(len(names), bool)
     if frame is not None and len(frame) == 0:
         run.notes.append("The time series has no rows.")
     tr = _num(meta.get("RepetitionTime"))
@@ -336,7 +341,7 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
         emb_frame, err = _read_tsv(emb)
         if emb_frame is None:
             run.notes.append(f"Embedding {err}.")
-    masked_networks = list((emb_meta or {}).get("MaskedNetworks") or [])
+    masked_networks = [str(n) for n in _list((emb_meta or {}).get("MaskedNetworks"))]
 
     # facts
     run.facts = [
@@ -347,7 +352,7 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
         ("samples written (at the model TR)", _fmt(meta.get("NumberOfSamples", len(data)))),
         ("mean FD", _fmt(_num(meta.get("MeanFD")), ".3f") + (" mm" if _num(meta.get("MeanFD")) is not None else "")),
         ("band-pass", f"{_fmt(meta.get('HighPass'))} - {_fmt(meta.get('LowPass'))} Hz"),
-        ("confounds regressed", str(len(meta.get("ConfoundsUsed") or []))),
+        ("confounds regressed", str(len(_list(meta.get("ConfoundsUsed"))))),
         ("regions n/a", f"{int(missing.sum())} of {len(names)}"),
     ]
 
@@ -356,7 +361,7 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
 
     # carpet, with the crops of the embedding
     crops: list[tuple[float, float]] = []
-    onsets = [o for o in ((emb_meta or {}).get("CropOnsets") or []) if _num(o) is not None]
+    onsets = [o for o in _list((emb_meta or {}).get("CropOnsets")) if _num(o) is not None]
     crop_len = int(_num((emb_meta or {}).get("CropLength")) or 100)
     if tr and onsets:
         crops = [(float(o) / tr, float(o) / tr + crop_len) for o in onsets]
@@ -369,13 +374,12 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
             run.carpet_text += f" Green bars: the {len(crops)} crop(s) of {crop_len} samples embedded."
 
     # coverage
-    coverage = meta.get("Coverage") if isinstance(meta.get("Coverage"), dict) else None
     cov_values = [(_num(coverage.get(n)) if coverage else None) for n in names]
     if coverage and names:
         run.coverage_figure = figures.coverage_figure(cov_values, region_networks, network_order, missing,
                                                       _num(meta.get("CoverageThreshold")))
     run.missing = [n for n, m in zip(names, missing) if m]
-    run.low_coverage = [str(n) for n in meta.get("LowCoverageRegions") or []]
+    run.low_coverage = [str(n) for n in _list(meta.get("LowCoverageRegions"))]
     for name in network_order:
         idx = [j for j, n in enumerate(region_networks) if n == name]
         covs = [cov_values[j] for j in idx if cov_values[j] is not None]
@@ -409,6 +413,16 @@ def _anchor(title: str) -> str:
     return "run-" + re.sub(r"[^A-Za-z0-9_-]", "", title)
 
 
+def _numeric(frame: pd.DataFrame) -> np.ndarray:
+    """The table as floats; text that is not a number (a damaged file) becomes NaN."""
+    return frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+
+def _list(value: Any) -> list:
+    """A sidecar list, or [] when the key is absent or holds something else."""
+    return list(value) if isinstance(value, list) else []
+
+
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -420,7 +434,7 @@ def _num(value: Any) -> float | None:
 
 
 def _fd_section(run: _Run, meta: dict[str, Any], output_dir: Path, bids_root: Path | None, tr: float | None) -> None:
-    sources = [s for s in meta.get("Sources") or [] if isinstance(s, str)]
+    sources = [s for s in _list(meta.get("Sources")) if isinstance(s, str)]
     conf_uri = next((s for s in sources if "desc-confounds" in s or s.endswith("_regressors.tsv")), None)
     if conf_uri is None:
         run.fd_text = ("No confounds file in the sidecar's Sources (time-series input, or a run without "
@@ -439,7 +453,7 @@ def _fd_section(run: _Run, meta: dict[str, Any], output_dir: Path, bids_root: Pa
     n_censored = _num(meta.get("VolumesCensored"))
     exact = meta.get(CENSORED_KEY)
     censored = None
-    if isinstance(exact, list) and all(isinstance(i, int) and 0 <= i < len(fd) for i in exact):
+    if isinstance(exact, list) and all(type(i) is int and 0 <= i < len(fd) for i in exact):
         censored = np.zeros(len(fd), bool)
         censored[exact] = True
         label = "censored"
@@ -454,9 +468,10 @@ def _fd_section(run: _Run, meta: dict[str, Any], output_dir: Path, bids_root: Pa
         label = "censored"
         how = (f"No FD threshold for strategy '{_fmt(meta.get('DenoiseStrategy'))}'; "
                f"{_fmt(n_censored)} volume(s) censored in all.")
-    if tr is not None and len(fd) != int(_num(meta.get("NumberOfVolumes")) or len(fd)):
-        run.notes.append(f"{conf_uri} has {len(fd)} rows but the sidecar reports "
-                         f"{_fmt(meta.get('NumberOfVolumes'))} volumes.")
+    n_vol = _num(meta.get("NumberOfVolumes"))
+    if n_vol is not None and len(fd) != int(n_vol):
+        run.notes.append(f"{conf_uri} has {len(fd)} rows but the sidecar reports {int(n_vol)} volumes: "
+                         "the confounds file changed since this run was processed.")
     run.fd_figure = figures.fd_figure(fd, tr, censored, threshold, label)
     finite = fd[np.isfinite(fd)]
     run.fd_text = (f"From {conf_uri}: mean {finite.mean():.3f} mm, max {finite.max():.3f} mm. {how}"
@@ -472,19 +487,19 @@ def _embedding_section(meta: dict[str, Any], frame: pd.DataFrame | None, tr: flo
             ("dimension", _fmt(meta.get("EmbeddingDimension"))),
             ("crop length", f"{crop_len} samples" + (f" ({crop_len * tr:g} s)" if tr else "")),
             ("zero-padded", _fmt(meta.get("ZeroPadded"))),
-            ("masked networks", _fmt(list(meta.get("MaskedNetworks") or []))),
-            ("zero-filled regions", str(len(meta.get("ZeroFilledRegions") or []))),
+            ("masked networks", _fmt(_list(meta.get("MaskedNetworks")))),
+            ("zero-filled regions", str(len(_list(meta.get("ZeroFilledRegions"))))),
             ("device / precision", f"{_fmt(meta.get('Device'))} / {_fmt(meta.get('Precision'))}"),
         ],
         "demo": bool(meta.get("ModelIsRandomDemo")),
-        "warnings": [str(w) for w in meta.get("Warnings") or []],
-        "zero_filled": [str(r) for r in meta.get("ZeroFilledRegions") or []],
+        "warnings": [str(w) for w in _list(meta.get("Warnings"))],
+        "zero_filled": [str(r) for r in _list(meta.get("ZeroFilledRegions"))],
         "crops": [], "similarity": None,
     }
     if frame is None or frame.empty:
         return out
-    avg = frame[[c for c in frame.columns if c.startswith("avg_")]].to_numpy(dtype=float)
-    cls = frame[[c for c in frame.columns if c.startswith("cls_")]].to_numpy(dtype=float)
+    avg = _numeric(frame[[c for c in frame.columns if str(c).startswith("avg_")]])
+    cls = _numeric(frame[[c for c in frame.columns if str(c).startswith("cls_")]])
     onsets = pd.to_numeric(frame["onset"], errors="coerce").tolist() if "onset" in frame else [None] * len(frame)
     for k in range(len(frame)):
         onset = _num(onsets[k])
@@ -507,7 +522,7 @@ def _mean_section(output_dir: Path, path: Path) -> dict[str, Any]:
     return {"file": _rel(output_dir, path), "note": err or "",
             "facts": [("model", _fmt(meta.get("Model"))), ("runs", _fmt(meta.get("NumberOfRuns"))),
                       ("crops", _fmt(meta.get("NumberOfCrops"))),
-                      ("masked networks (any run)", _fmt(list(meta.get("MaskedNetworks") or []))),
+                      ("masked networks (any run)", _fmt(_list(meta.get("MaskedNetworks")))),
                       ("random demo model", _fmt(bool(meta.get("ModelIsRandomDemo"))))]}
 
 

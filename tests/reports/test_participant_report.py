@@ -204,6 +204,33 @@ def test_damaged_files_become_notes(tmp_path):
     assert len(_figures(html)) >= 1  # the carpet is still drawn
 
 
+def test_sidecars_with_wrong_types_and_text_in_tables(tmp_path):
+    _, out = make_outputs(tmp_path)
+    func = out / "sub-01" / "func"
+    ts_side = func / f"{STEM}_desc-scrubbing_timeseries.json"
+    _json({**json.loads(ts_side.read_text()), "Coverage": [1, 2], "MissingRegions": "R1", "Sources": "x",
+           "NumberOfVolumes": "many", "CensoredVolumes": [True, 2.5], "FDThreshold": "high"}, ts_side)
+    emb = func / f"{STEM}_desc-official_embedding.tsv"
+    _json({"MaskedNetworks": "Limbic", "CropOnsets": "0,70", "CropLength": None, "Warnings": {"a": 1}},
+          emb.with_suffix(".json"))
+    emb.write_text(emb.read_text().replace("\n1\t", "\n1\tabc\t", 1))  # a ragged row: unreadable
+    ts = func / f"{STEM}_desc-scrubbing_timeseries.tsv"
+    lines = ts.read_text().splitlines()
+    lines[2] = "nope" + lines[2][lines[2].index("\t"):]  # text where a number should be
+    ts.write_text("\n".join(lines) + "\n")
+    html = write_participant_report(out, "01").read_text()
+    assert "No confounds file in the sidecar" in html  # Sources was not a list
+    assert "Embedding " in html and "unreadable (ParserError" in html
+    assert len(_figures(html)) == 1  # the carpet; no coverage (not a mapping), no similarity
+    # and when the time series itself is unreadable, the sidecar's lists still say what became n/a
+    lines[3] += "\t1\t2"  # a row longer than the header
+    ts.write_text("\n".join(lines) + "\n")
+    _json({**json.loads(ts_side.read_text()), "Coverage": {n: 1.0 for n in NAMES}, "MissingRegions": LIMBIC},
+          ts_side)
+    html = write_participant_report(out, "01").read_text()
+    assert "Time series " in html and "unreadable" in html and f"{len(LIMBIC)} of {len(NAMES)}" in html
+
+
 def test_regions_outside_any_known_atlas(tmp_path):
     """The group-level toy outputs: minimal sidecars, regions R000.. that no atlas table knows."""
     out = tmp_path / "out"
