@@ -275,11 +275,25 @@ def test_rerun_is_byte_identical_and_untouched(tmp_path):
 
 
 # -- the participant level writes it -------------------------------------------------------------
-def test_participant_cli_writes_the_page(make_fmriprep, tmp_path, default_networks):
-    from bids_semantoks.atlas import AtlasTable
-    from bids_semantoks.demo_run import make_demo_model
+def test_participant_cli_writes_the_page(tmp_path, default_networks):
+    """A run with head-motion spikes and the Limbic regions outside the brain mask, through the CLI."""
+    import nibabel as nib
 
-    bids = make_fmriprep(subjects=("01",), n_vols=140)
+    from bids_semantoks.atlas import AtlasTable
+    from bids_semantoks.demo import resample_atlas, write_run
+    from bids_semantoks.demo_run import make_demo_model
+    from tests.conftest import DSEG
+
+    bids = tmp_path / "fmriprep"
+    _json({"Name": "in", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}, bids / "dataset_description.json")
+    atlas = resample_atlas(nib.load(str(DSEG["MNI152NLin2009cAsym"])), 6.0)
+    paths = write_run(bids / "sub-01" / "func", "sub-01_task-rest", atlas, default_networks, n_vols=180, tr=1.5,
+                      space="MNI152NLin2009cAsym", res=None, rng=np.random.default_rng(0), spikes=[40, 120, 150])
+    mask = nib.load(paths["mask"])
+    inside = np.asarray(mask.dataobj).copy()
+    limbic = [i + 1 for i, net in enumerate(TABLE["network_label"]) if net == "Limbic"]
+    inside[np.isin(np.asarray(atlas.dataobj).astype(int), limbic)] = 0
+    nib.save(nib.Nifti1Image(inside, mask.affine), paths["mask"])
     table = AtlasTable.from_tsv(DSEG_TSV)
     model = make_demo_model(tmp_path / "model" / "demotiny", table.networks, table.network_index.tolist())
     out = tmp_path / "out"
@@ -290,10 +304,17 @@ def test_participant_cli_writes_the_page(make_fmriprep, tmp_path, default_networ
     assert len(_figures(html)) == 4  # FD, carpet, coverage, similarity of the crops
     assert "desc-scrubbing_timeseries.tsv" in html and "desc-demotiny_embedding.tsv" in html
     assert "DEMO model with random weights" in html
-    assert "volume(s) with FD above the threshold shaded" in html  # FD of the real confounds file
+    side = json.loads(next(out.glob("sub-01/func/*_timeseries.json")).read_text())
+    assert side["VolumesCensored"] == 3  # the three spikes
+    assert "3 volume(s) with FD above the threshold shaded" in html  # FD of the real confounds file
+    row = re.search(r'<tr class="flag"><td>Limbic</td><td class="num">26</td>\s*<td class="num">26</td>.*?</tr>',
+                    html, re.S)
+    assert row and "yes" in row.group(0)  # all n/a, and masked by the embedding
     mtime = page.stat().st_mtime_ns
     assert run_cli(*args) == 0  # an identical rerun leaves the page untouched
     assert page.stat().st_mtime_ns == mtime and page.read_text() == html
+    assert run_cli(*args, "--overwrite") == 0  # recomputed outputs, the same page
+    assert page.read_text() == html
 
 
 # -- the group report links the pages --------------------------------------------------------------
