@@ -347,11 +347,12 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
     run.facts = [
         ("atlas", _fmt(meta.get("Atlas"))),
         ("denoising strategy", _fmt(meta.get("DenoiseStrategy"))),
-        ("acquisition TR / model TR", f"{_fmt(tr_in)} s / {_fmt(tr)} s"),
+        ("acquisition TR / model TR", f"{_unit(tr_in, 's')} / {_unit(tr, 's')}"),
         ("volumes in / censored", f"{_fmt(meta.get('NumberOfVolumes'))} / {_fmt(meta.get('VolumesCensored'))}"),
         ("samples written (at the model TR)", _fmt(meta.get("NumberOfSamples", len(data)))),
-        ("mean FD", _fmt(_num(meta.get("MeanFD")), ".3f") + (" mm" if _num(meta.get("MeanFD")) is not None else "")),
-        ("band-pass", f"{_fmt(meta.get('HighPass'))} - {_fmt(meta.get('LowPass'))} Hz"),
+        ("mean FD", _unit(_num(meta.get("MeanFD")), "mm", spec=".3f")),
+        ("high-pass / low-pass", f"{_unit(_num(meta.get('HighPass')), 'Hz', 'off')} / "
+                                 f"{_unit(_num(meta.get('LowPass')), 'Hz', 'off')}"),
         ("confounds regressed", str(len(_list(meta.get("ConfoundsUsed"))))),
         ("regions n/a", f"{int(missing.sum())} of {len(names)}"),
     ]
@@ -399,10 +400,16 @@ def _run_section(output_dir: Path, ts: Path, emb: Path | None, bids_root: Path |
         "session": session or "", "title": title, "samples": _fmt(meta.get("NumberOfSamples", len(data))),
         "censored": _fmt(meta.get("VolumesCensored")), "mean_fd": _fmt(_num(meta.get("MeanFD")), ".3f"),
         "missing": f"{int(missing.sum())} / {len(names)}", "masked": _fmt(masked_networks) if emb else "",
-        "crops": str(len(onsets)) if emb is not None else "no embedding", "anchor": _anchor(title),
+        "crops": (str(len(run.embedding["crops"]) or len(onsets)) if run.embedding is not None
+                  else "no embedding"),
+        "anchor": _anchor(title),
         "flag": bool(run.notes) or bool(masked_networks) or (len(names) > 0 and missing.all()),
     }
     return run
+
+
+def _unit(value: float | None, unit: str, none: str = "n/a", spec: str = "g") -> str:
+    return none if value is None else f"{format(value, spec)} {unit}"
 
 
 def _short(sha: Any) -> str:
