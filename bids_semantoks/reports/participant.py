@@ -101,8 +101,11 @@ def write_participant_reports(output_dir: Path, subjects: list[str], bids_dir: P
         try:
             done.append(write_participant_report(output_dir, subject, bids_dir))
         except Exception as exc:  # noqa: BLE001 - a QC page never fails the level
-            detail = " ".join(str(exc).split())[:200]
-            logger.warning("sub-%s: QC page not written (%s: %s)", _label(subject), type(exc).__name__, detail)
+            if isinstance(exc, OSError) and exc.strerror:
+                detail = f"{exc.strerror}: {report_path(output_dir, subject)}"
+            else:
+                detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            logger.warning("sub-%s: QC page not written (%s)", _label(subject), detail)
     return done
 
 

@@ -248,7 +248,7 @@ def test_a_failing_page_is_one_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bids_semantoks"):
         assert write_participant_reports(out, ["01"]) == []
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(lines) == 1 and lines[0].startswith("sub-01: QC page not written") and "\n" not in lines[0]
+    assert lines == [f"sub-01: QC page not written (Is a directory: {out / 'sub-01.html'})"]
 
 
 # -- idempotence ---------------------------------------------------------------------------------
@@ -315,6 +315,19 @@ def test_participant_cli_writes_the_page(tmp_path, default_networks):
     assert page.stat().st_mtime_ns == mtime and page.read_text() == html
     assert run_cli(*args, "--overwrite") == 0  # recomputed outputs, the same page
     assert page.read_text() == html
+
+
+def test_participant_level_survives_an_unwritable_page(make_fmriprep, tmp_path, caplog):
+    """The page cannot be written (a folder holds its name): one warning line, the level still exits 0."""
+    bids = make_fmriprep(subjects=("01",), n_vols=110)
+    out = tmp_path / "out"
+    (out / "sub-01.html").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="bids_semantoks"):
+        assert run_cli(bids, out, "participant", "--model", "none", "-w", tmp_path / "work") == 0
+    lines = [r.getMessage() for r in caplog.records if "QC page" in r.getMessage()]
+    assert lines == [f"sub-01: QC page not written (Is a directory: {out / 'sub-01.html'})"]
+    assert not any(r.exc_info for r in caplog.records if "QC page" in r.getMessage())  # no traceback
+    assert len(list(out.glob("sub-01/func/*_timeseries.tsv"))) == 1  # the outputs are complete
 
 
 # -- the group report links the pages --------------------------------------------------------------
