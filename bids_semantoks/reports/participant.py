@@ -40,6 +40,7 @@ TEMPLATE = "participant_report.html.j2"
 #: Sidecar key (time series) with the exact 0-based indices of the volumes removed before cleaning.
 CENSORED_KEY = "CensoredVolumes"
 _SUBJECT_MEAN = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?_atlas-")
+_NO_INPUT = " (input dataset unknown)"
 _READ_ERRORS = (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError)
 
 
@@ -148,9 +149,6 @@ def build_context(output_dir: Path, label: str, bids_dir: Path | None = None) ->
     notes: list[str] = []
     bids_root = _bids_root(output_dir, bids_dir)
     settings = _read_json(subject_dir / "log" / "bids_semantoks_participant.json")[0] or {}
-    if bids_root is None:
-        notes.append("The input dataset was not found (no BIDS_DIR given and no readable DatasetLinks.input in "
-                      "dataset_description.json): framewise displacement cannot be shown.")
     funcs = _func_dirs(subject_dir)
     series = sorted(p for d in funcs for p in d.glob("*_timeseries.tsv") if not p.name.startswith("."))
     embeddings = sorted(p for d in funcs for p in d.glob("*_embedding.tsv") if not p.name.startswith("."))
@@ -161,6 +159,9 @@ def build_context(output_dir: Path, label: str, bids_dir: Path | None = None) ->
     for ts in series:
         emb = by_source.get(ts.resolve())
         runs.append(_run_section(output_dir, ts, emb, bids_root, settings, atlas_cache))
+    if bids_root is None and any(_NO_INPUT in r.fd_text for r in runs):
+        notes.append("The input dataset was not found (no BIDS_DIR given and no readable DatasetLinks.input in "
+                     "dataset_description.json): framewise displacement cannot be shown.")
     if not subject_dir.is_dir():
         notes.append(f"sub-{label}/ does not exist in OUTPUT_DIR: this participant has not been processed.")
     elif not series:
@@ -452,7 +453,7 @@ def _fd_section(run: _Run, meta: dict[str, Any], output_dir: Path, bids_root: Pa
         return
     path = _resolve_source(conf_uri, bids_root, output_dir)
     if path is None or not path.is_file():
-        run.fd_text = f"Confounds file {conf_uri} not found{'' if bids_root else ' (input dataset unknown)'}."
+        run.fd_text = f"Confounds file {conf_uri} not found{'' if bids_root else _NO_INPUT}."
         return
     conf, err = _read_tsv(path)
     if conf is None or "framewise_displacement" not in conf.columns:

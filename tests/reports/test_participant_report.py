@@ -240,6 +240,7 @@ def test_regions_outside_any_known_atlas(tmp_path):
     _json({"RepetitionTime": 2.0}, func / "sub-01_task-rest_atlas-toy_desc-simple_timeseries.json")
     html = write_participant_report(out, "01").read_text()
     assert "regions are not grouped by network" in html and "<td>all regions</td>" in html
+    assert "The input dataset was not found" not in html  # no confounds to look for: no alarm about it
 
 
 def test_a_failing_page_is_one_warning(tmp_path, caplog):
