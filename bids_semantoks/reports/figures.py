@@ -207,7 +207,7 @@ def coverage_figure(coverage: list[float | None], region_networks: list[str], ne
         ax.set_xticks(ticks, labels, fontsize=7.5)
         ax.tick_params(axis="x", length=0)
         if gone.size or threshold is not None:
-            ax.legend(loc="lower left", fontsize=7.5, ncols=2)
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7.5, ncols=2, frameon=False)
         return _svg(fig)
 
 
