@@ -178,6 +178,9 @@ def run_participant(settings: Settings) -> None:
         raise skipped[0][1]
     jobs = plan_jobs(runs, atlas, settings, model)
     failures = run_workflow(jobs, settings, wdir)
+    from bids_semantoks.reports import write_participant_reports  # QC pages: a failure is one warning line
+
+    write_participant_reports(settings.output_dir, sorted({r.subject for r in runs}), settings.bids_dir)
     error = failures_summary([(exc.code, str(exc)) for _, exc in skipped] + failures)
     if error is not None:
         raise error

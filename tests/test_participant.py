@@ -26,11 +26,11 @@ def test_labels_prefix_and_file(make_fmriprep, tmp_path):
     labels.write_text("sub-01\n# comment\n03\n")
     out = tmp_path / "out"
     assert run_cli(bids, out, "participant", "--participant-label", labels, "--model", "none") == 0
-    subs = sorted(p.name for p in out.glob("sub-*"))
+    subs = sorted(p.name for p in out.glob("sub-*") if p.is_dir())
     assert subs == ["sub-01", "sub-03"]
     out2 = tmp_path / "out2"
     assert run_cli(bids, out2, "participant", "--participant-label", "sub-02", "01", "--model", "none") == 0
-    assert sorted(p.name for p in out2.glob("sub-*")) == ["sub-01", "sub-02"]
+    assert sorted(p.name for p in out2.glob("sub-*") if p.is_dir()) == ["sub-01", "sub-02"]
 
 
 def test_outputs_naming_sidecar_and_tr_resampling(make_fmriprep, tmp_path):

@@ -161,6 +161,15 @@ def _paired_rows(runs):
     return rows
 
 
+def participant_pages(output_dir: Path) -> list[dict[str, str]]:
+    """The participant QC pages (``OUTPUT_DIR/sub-<label>.html``), linked from ``group/report.html``."""
+    import re
+
+    pattern = re.compile(r"^sub-([A-Za-z0-9]+)\.html$")
+    found = sorted(p.name for p in Path(output_dir).glob("sub-*.html") if pattern.match(p.name) and p.is_file())
+    return [{"label": name[: -len(".html")], "href": f"../{name}"} for name in found]
+
+
 def render(context: dict) -> str:
     """Render the template with ``context``."""
     import jinja2
@@ -228,6 +237,7 @@ def write_report(path: Path, *, runs, sets, phenotypes: pd.DataFrame, skipped: p
         "fc": sidecar.get("FC") or {},
         "notes": sidecar.get("Notes", []),
         "features": [LABELS.get(f, f) for f in sidecar.get("Features", [])],
+        "qc_pages": participant_pages(Path(path).parent.parent),
     }
     path = Path(path)
     path.write_text(render(context), encoding="utf-8")
