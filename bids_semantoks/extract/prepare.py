@@ -279,6 +279,9 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
         "FDThreshold": st["fd_thresh"] if load_strategy(st["denoise_strategy"])["censoring"] else None,
         "NumberOfVolumes": res.n_volumes_in,
         "VolumesCensored": res.n_censored_in,
+        # 0-based acquisition volumes left out before cleaning (censored here or removed upstream)
+        "CensoredVolumes": ([] if sample_mask is None else
+                            sorted(set(range(res.n_volumes_in)) - {int(i) for i in np.asarray(sample_mask)})),
         "VolumesRemovedUpstream": removed_upstream,
         "SamplesCensoredAtTargetTR": res.n_censored_out,
         "NumberOfSamples": int(res.data.shape[0]),

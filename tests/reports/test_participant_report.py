@@ -307,7 +307,9 @@ def test_participant_cli_writes_the_page(tmp_path, default_networks):
     assert "DEMO model with random weights" in html
     side = json.loads(next(out.glob("sub-01/func/*_timeseries.json")).read_text())
     assert side["VolumesCensored"] == 3  # the three spikes
-    assert "3 volume(s) with FD above the threshold shaded" in html  # FD of the real confounds file
+    # the exact mask of the extraction (CensoredVolumes), drawn over the FD of the real confounds file
+    assert side["CensoredVolumes"] and len(side["CensoredVolumes"]) == 3
+    assert "3 censored volume(s) shaded, as listed in the sidecar (CensoredVolumes)" in html
     row = re.search(r'<tr class="flag"><td>Limbic</td><td class="num">26</td>\s*<td class="num">26</td>.*?</tr>',
                     html, re.S)
     assert row and "yes" in row.group(0)  # all n/a, and masked by the embedding
