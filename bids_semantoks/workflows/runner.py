@@ -5,8 +5,9 @@ so a subject's mean is made where its runs are). Per unit: take the subjects' lo
 every run that is not up to date (one bad run fails alone, with its one-line reason), embed
 the runs of the whole unit in shared encoder batches, then write the subject means.
 
-With ``--nprocs N`` > 1 the units go to N worker processes (spawned: no fork of a process
-that holds torch threads); each worker loads the encoder once and keeps it. No polling:
+With ``--nprocs N`` > 1 the units go to N worker processes (forked, or spawned once torch is
+loaded: no fork of a process that holds torch threads); each worker loads the encoder once
+and keeps it. No polling:
 the main process waits on the futures. Ctrl-C: the workers are stopped (a file being written
 is removed by its atomic writer), nothing is recorded as a crash, and the level exits 130.
 """
@@ -343,7 +344,10 @@ def run_units(ctx: Context, units: list[list[SubjectJob]], nprocs: int, on_resul
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    pool = ProcessPoolExecutor(max_workers=min(nprocs, len(units)), mp_context=multiprocessing.get_context("spawn"),
+    # fork is cheapest (the workers inherit the imports) but unsafe once torch has started its
+    # threads: then the workers are spawned, and each loads the encoder once
+    method = "spawn" if "torch" in sys.modules or sys.platform == "darwin" else "fork"
+    pool = ProcessPoolExecutor(max_workers=min(nprocs, len(units)), mp_context=multiprocessing.get_context(method),
                                initializer=init_process, initargs=(ctx, None, True))
     pending = {pool.submit(_in_worker, unit): unit for unit in units}
     try:
@@ -360,10 +364,8 @@ def run_units(ctx: Context, units: list[list[SubjectJob]], nprocs: int, on_resul
                                for s in unit for j in s.runs]
                 for res in results:
                     on_result(res)
-    except BaseException:
-        _stop(pool)
-        raise
-    pool.shutdown(wait=True)
+    finally:
+        _stop(pool)  # all done (or interrupted): idle workers exit at once, busy ones clean up first
 
 
 def _stop(pool) -> None:

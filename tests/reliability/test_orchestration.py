@@ -177,9 +177,10 @@ def test_every_run_dropped_is_exit_18(cli, tiny_bids, tmp_path):
 def test_sigint_stops_promptly_with_130(tmp_path, default_networks):
     from bids_semantoks.demo import make_dataset
 
-    subjects = tuple(f"{i:02d}" for i in range(1, 9))
+    subjects = tuple(f"{i:02d}" for i in range(1, 6))
+    # 4 mm, 200 volumes: the extraction of a run dominates, so the signal lands inside a step
     bids = make_dataset(tmp_path / "fmriprep", DSEG["MNI152NLin2009cAsym"], default_networks,
-                        subjects=subjects, **TINY)
+                        subjects=subjects, voxel_mm=4.0, n_vols=200, tr=2.0)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bids_semantoks", str(bids), str(out), "participant",
@@ -188,6 +189,7 @@ def test_sigint_stops_promptly_with_130(tmp_path, default_networks):
     deadline = time.monotonic() + 240
     while not list(out.glob("sub-*/func/*_timeseries.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.5)  # into the next run's extraction
     assert proc.poll() is None, proc.communicate()
     os.kill(proc.pid, signal.SIGINT)
     t0 = time.monotonic()
