@@ -26,13 +26,7 @@ from bids_semantoks.bids import layout as bids_layout
 from bids_semantoks.bids import outputs
 from bids_semantoks.config import Settings
 from bids_semantoks.console import NOTE, note
-from bids_semantoks.errors import (
-    EX_NOINPUT,
-    BidsAppError,
-    MissingInputError,
-    NothingSelectedError,
-    OutputError,
-)
+from bids_semantoks.errors import EX_NOINPUT, BidsAppError, NothingSelectedError, OutputError
 from bids_semantoks.workflows import runner
 from bids_semantoks.workflows.common import (
     check_output_dir,
@@ -307,5 +301,3 @@ class _Report:
         if error is not None:
             raise error
 
-
-__all__ = ["run_participant", "plan", "make_units", "make_context", "effective_strategy", "MissingInputError"]

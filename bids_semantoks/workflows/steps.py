@@ -19,7 +19,7 @@ import pandas as pd
 from bids_semantoks import __version__
 from bids_semantoks.bids import outputs
 from bids_semantoks.bids.layout import RunInputs
-from bids_semantoks.errors import BidsAppError, DataError
+from bids_semantoks.errors import DataError
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -44,17 +44,6 @@ def _source(bids_dir: str, path: Path | None) -> str | None:
 def job_path(job: dict[str, Any], key: str) -> Path:
     """An output path of a job (stored relative to the output folder)."""
     return Path(job["output_dir"]) / job[key]
-
-
-def is_current(path: Path, settings_hash: str) -> bool:
-    """True when ``path`` and its sidecar exist and were made with the same settings."""
-    side = outputs.sidecar_of(path)
-    if not (path.is_file() and side.is_file()):
-        return False
-    try:
-        return json.loads(side.read_text()).get("SettingsHash") == settings_hash
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def extract_step(job: dict[str, Any]) -> str | None:
@@ -229,13 +218,6 @@ def embed_step(jobs: list[tuple[Path, Path, str]], model, atlas, settings: dict[
 def tokens_path(embedding_path: Path) -> Path:
     """The per-network tokens file written beside a run embedding (``--save-tokens``)."""
     return embedding_path.with_name(embedding_path.name.replace("_embedding.tsv", "_tokens.npz"))
-
-
-def _torch(nthreads: int):
-    import torch
-
-    torch.set_num_threads(max(1, int(nthreads)))
-    return torch
 
 
 def subject_mean_step(out_path: str, embeddings: list[str | None], settings_hash: str, output_dir: str) -> str | None:
