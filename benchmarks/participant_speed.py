@@ -63,16 +63,17 @@ def main() -> int:
         t_cli = time.perf_counter() - t0
 
         # the extraction step alone, in-process, on the job the CLI planned
-        from bids_semantoks import levels
         from bids_semantoks.bids import layout as bids_layout
         from bids_semantoks.config import build_settings
-        from bids_semantoks.workflows.participant import extraction_job, plan_jobs
+        from bids_semantoks.workflows.common import resolve_atlas
+        from bids_semantoks.workflows.participant import make_context, plan
         from bids_semantoks.workflows.steps import extract_step
 
         settings = build_settings(root, Path(tmp) / "out2", "participant", {"participant": {"model": "none"}})
-        _, atlas_desc = levels.resolve_atlas(settings)
+        _, atlas = resolve_atlas(settings)
         runs = bids_layout.collect_runs(bids_layout.index(root), settings.participant)
-        job = extraction_job(plan_jobs(runs, atlas_desc, settings, None)[0])
+        ctx = make_context(settings, atlas, None)
+        job = plan(runs, ctx)[0][0].runs[0].step_dict(ctx)
         t0 = time.perf_counter()
         extract_step(job)
         t_step = time.perf_counter() - t0

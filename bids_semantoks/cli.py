@@ -257,14 +257,9 @@ def _shown(value) -> str:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    if verbose == 0:
-        level = logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    LOGGER.setLevel(level)
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "matplotlib", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    from bids_semantoks.console import setup_logging
+
+    setup_logging(verbose)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,6 +53,33 @@ def make_crops(data: np.ndarray, n_crops: int = 8, window: int = WINDOW) -> tupl
     return x, starts, False
 
 
+@dataclass
+class _Prepared:
+    crops: np.ndarray  # [n, C, WINDOW]
+    starts: np.ndarray
+    padded: bool
+    masked_ids: list[int]
+    zero_filled: list[str]
+    warnings: list[str]
+
+
+def _prepare(data, region_names, n_net: int, channel_networks: np.ndarray, n_crops: int) -> _Prepared:
+    data = np.asarray(data, dtype=np.float64)
+    missing = ~np.isfinite(data).all(axis=0)
+    masked_ids = [n for n in range(n_net) if missing[channel_networks == n].all()]
+    zero_filled = [region_names[i] for i in np.flatnonzero(missing) if channel_networks[i] not in masked_ids]
+    clean = np.where(np.isfinite(data), data, 0.0)
+    crops, starts, padded = make_crops(clean, n_crops)
+    warnings = []
+    if padded:
+        warnings.append(
+            f"run has {data.shape[0]} samples (< {WINDOW}); one crop zero-padded at the end"
+        )
+    elif len(starts) < n_crops:
+        warnings.append(f"run has {data.shape[0]} samples; only {len(starts)} distinct crops")
+    return _Prepared(crops, starts, padded, masked_ids, zero_filled, warnings)
+
+
 def embed_series(
     encoder,
     data: np.ndarray,
@@ -79,49 +106,97 @@ def embed_series(
     channel_networks : ndarray of int, shape (C,)
         Network id of every channel.
     """
+    return embed_runs(encoder, [data], region_names, network_names, channel_networks, tr=tr, n_crops=n_crops,
+                      batch_size=batch_size, device=device, save_tokens=save_tokens)[0]
+
+
+def embed_runs(
+    encoder,
+    runs: list[np.ndarray],
+    region_names: list[str] | tuple[str, ...],
+    network_names: list[str] | tuple[str, ...],
+    channel_networks: np.ndarray,
+    *,
+    tr: float = 2.0,
+    n_crops: int = 8,
+    batch_size: int = 64,
+    device: str = "cpu",
+    save_tokens: bool = False,
+) -> list[RunEmbedding]:
+    """Embed many model-ready runs, their crops batched together through the encoder.
+
+    Same result per run as :func:`embed_series` on that run alone: the crops of all runs
+    are stacked and cut into batches of ``batch_size`` (crops of runs with masked networks
+    go in batches of their own, with their mask), so a cohort needs few forward passes.
+
+    Parameters
+    ----------
+    runs : list of ndarray, shape (T_i, C)
+        z-scored series at the model TR, one per run.
+    Other parameters are those of :func:`embed_series`.
+
+    Returns
+    -------
+    list of RunEmbedding
+        One per run, in the order of ``runs``.
+    """
     import torch
 
     from bids_semantoks.model import encoder_features
 
-    data = np.asarray(data, dtype=np.float64)
     channel_networks = np.asarray(channel_networks)
-    missing = ~np.isfinite(data).all(axis=0)
     n_net = len(network_names)
-    masked_ids = [n for n in range(n_net) if missing[channel_networks == n].all()]
-    zero_filled = [region_names[i] for i in np.flatnonzero(missing) if channel_networks[i] not in masked_ids]
-    clean = np.where(np.isfinite(data), data, 0.0)
-    crops, starts, padded = make_crops(clean, n_crops)
-    warnings = []
-    if padded:
-        warnings.append(
-            f"run has {data.shape[0]} samples (< {WINDOW}); one crop zero-padded at the end"
-        )
-    elif len(starts) < n_crops:
-        warnings.append(f"run has {data.shape[0]} samples; only {len(starts)} distinct crops")
     n_patches = encoder.config.n_patches
-    mask = None
-    if masked_ids:
-        mask = np.zeros((crops.shape[0], n_net, n_patches), dtype=bool)
-        mask[:, masked_ids, :] = True
-    feats, toks = [], []
-    with torch.inference_mode():
-        for lo in range(0, crops.shape[0], batch_size):
-            xb = torch.from_numpy(crops[lo : lo + batch_size]).to(device)
-            mb = None if mask is None else torch.from_numpy(mask[lo : lo + batch_size]).to(device)
-            tokens = encoder(xb, mask=mb)
-            feats.append(encoder_features(tokens)["cls_avg"].float().cpu().numpy())
-            if save_tokens:
-                patch = tokens[:, 1:].reshape(tokens.shape[0], n_net, n_patches, -1).mean(dim=2)
-                toks.append(patch.float().cpu().numpy())
-    return RunEmbedding(
-        features=np.concatenate(feats).astype(np.float32),
-        onsets=starts.astype(float) * tr,
-        masked_networks=[network_names[i] for i in masked_ids],
-        zero_filled_regions=zero_filled,
-        padded=padded,
-        warnings=warnings,
-        tokens=np.concatenate(toks) if save_tokens else None,
-    )
+    prepared = [_prepare(d, region_names, n_net, channel_networks, n_crops) for d in runs]
+    feats: list[np.ndarray | None] = [None] * len(runs)
+    toks: list[np.ndarray | None] = [None] * len(runs)
+
+    def forward(indices: list[int], with_mask: bool) -> None:
+        if not indices:
+            return
+        crops = np.concatenate([prepared[i].crops for i in indices])
+        mask = None
+        if with_mask:
+            mask = np.zeros((crops.shape[0], n_net, n_patches), dtype=bool)
+            row = 0
+            for i in indices:
+                n = prepared[i].crops.shape[0]
+                mask[row: row + n, prepared[i].masked_ids, :] = True
+                row += n
+        out_f, out_t = [], []
+        with torch.inference_mode():
+            for lo in range(0, crops.shape[0], batch_size):
+                xb = torch.from_numpy(crops[lo: lo + batch_size]).to(device)
+                mb = None if mask is None else torch.from_numpy(mask[lo: lo + batch_size]).to(device)
+                tokens = encoder(xb, mask=mb)
+                out_f.append(encoder_features(tokens)["cls_avg"].float().cpu().numpy())
+                if save_tokens:
+                    patch = tokens[:, 1:].reshape(tokens.shape[0], n_net, n_patches, -1).mean(dim=2)
+                    out_t.append(patch.float().cpu().numpy())
+        all_f = np.concatenate(out_f)
+        all_t = np.concatenate(out_t) if save_tokens else None
+        row = 0
+        for i in indices:
+            n = prepared[i].crops.shape[0]
+            feats[i] = all_f[row: row + n]
+            if all_t is not None:
+                toks[i] = all_t[row: row + n]
+            row += n
+
+    forward([i for i, p in enumerate(prepared) if not p.masked_ids], with_mask=False)
+    forward([i for i, p in enumerate(prepared) if p.masked_ids], with_mask=True)
+    return [
+        RunEmbedding(
+            features=np.asarray(feats[i]).astype(np.float32),
+            onsets=p.starts.astype(float) * tr,
+            masked_networks=[network_names[j] for j in p.masked_ids],
+            zero_filled_regions=p.zero_filled,
+            padded=p.padded,
+            warnings=p.warnings,
+            tokens=toks[i] if save_tokens else None,
+        )
+        for i, p in enumerate(prepared)
+    ]
 
 
 def feature_columns(dim: int) -> list[str]:

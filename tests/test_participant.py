@@ -39,7 +39,8 @@ def test_outputs_naming_sidecar_and_tr_resampling(make_fmriprep, tmp_path):
     assert run_cli(bids, out, "participant", "--model", "none") == 0
     ts = sorted(out.glob("sub-01/ses-a/func/*_timeseries.tsv"))
     assert [p.name for p in ts] == [
-        f"sub-01_ses-a_task-rest_run-{r}_space-MNI152NLin2009cAsym_atlas-{ATLAS}_desc-simple_timeseries.tsv"
+        # res- is kept (issue 12): two resolutions of one run must not share an output name
+        f"sub-01_ses-a_task-rest_run-{r}_space-MNI152NLin2009cAsym_res-6_atlas-{ATLAS}_desc-simple_timeseries.tsv"
         for r in ("1", "2")
     ]
     frame = pd.read_csv(ts[0], sep="\t", na_values="n/a")
@@ -130,8 +131,9 @@ def test_scrubbing_and_min_time_drop_a_run(make_fmriprep, tmp_path):
     frame = pd.read_csv(next(out.rglob("*_desc-scrubbing_timeseries.tsv")), sep="\t")
     assert len(frame) == meta["NumberOfSamples"] < 120
     out2 = tmp_path / "out2"
-    assert run_cli(bids, out2, "participant", *args, "--min-time", "150") == 0
-    assert not list(out2.rglob("*_timeseries.tsv"))  # dropped: too little time left
+    # every run dropped (too little time left): nothing produced is not success (issue 12): 18
+    assert run_cli(bids, out2, "participant", *args, "--min-time", "150") == 18
+    assert not list(out2.rglob("*_timeseries.tsv"))
 
 
 def test_idempotent_rerun_and_overwrite(make_fmriprep, tmp_path):

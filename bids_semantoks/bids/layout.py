@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +26,21 @@ from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedE
 LOGGER = logging.getLogger("bids_semantoks")
 
 #: Entities that identify one acquisition run (used to pair files and to name outputs).
-RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction", "run", "echo")
+#: In BIDS order; every entity that can distinguish two BOLD runs of one subject is here, so
+#: output names (and the work units) never collide (``res`` is added by the output names).
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run",
+                "echo", "part")
 ENTITY_KEYS = {
     "subject": "sub",
     "session": "ses",
     "task": "task",
     "acquisition": "acq",
     "ceagent": "ce",
+    "reconstruction": "rec",
     "direction": "dir",
     "run": "run",
     "echo": "echo",
+    "part": "part",
     "space": "space",
     "cohort": "cohort",
     "res": "res",
@@ -116,6 +122,43 @@ def check_dataset(bids_dir: Path, output_dir: Path, input_type: str) -> dict[str
     return desc
 
 
+def check_not_inside(bids_dir: Path, folder: Path | None, option: str) -> None:
+    """Refuse a work or database folder inside BIDS_DIR: nothing is ever written into the input."""
+    if folder is None:
+        return
+    bids_dir = Path(bids_dir).resolve()
+    folder = Path(folder).resolve()
+    if folder == bids_dir or bids_dir in folder.parents:
+        raise UsageError(f"{folder}: {option} is inside BIDS_DIR; choose a folder outside the input dataset")
+
+
+def dataset_fingerprint(bids_dir: Path, participant_labels: list[str] | None = None) -> str:
+    """A cheap identity of what pybids indexes: the relative paths of the top-level files and of
+    every file under the selected ``sub-*`` folders (names only: the index holds no metadata).
+
+    A subject added or removed, or a file renamed, changes it; a file rewritten in place does
+    not (the up-to-date decision of every run hashes its own inputs).
+    """
+    bids_dir = Path(bids_dir)
+    wanted = set(participant_labels or [])
+    names: list[str] = []
+    with os.scandir(bids_dir) as it:
+        top = sorted(it, key=lambda e: e.name)
+    for entry in top:
+        if entry.name.startswith("."):
+            continue
+        if entry.name.startswith("sub-") and entry.is_dir():
+            if wanted and entry.name[4:] not in wanted:
+                continue
+            for dirpath, dirnames, filenames in os.walk(entry.path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel = os.path.relpath(dirpath, bids_dir)
+                names.extend(f"{rel}/{f}" for f in sorted(filenames) if not f.startswith("."))
+        elif not entry.is_dir():
+            names.append(entry.name)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
 def index(
     bids_dir: Path,
     *,
@@ -127,9 +170,13 @@ def index(
 
     Only the selected subjects are indexed (every other ``sub-*`` folder is ignored), so one
     subject of a 1000-subject dataset indexes as fast as a one-subject dataset. The
-    database is kept in ``database_dir`` (one per selection) and reused when present.
+    database is kept in ``database_dir`` (one per selection) and reused only while the
+    dataset's file list is unchanged (:func:`dataset_fingerprint`): a subject added or
+    deleted since rebuilds it. Jobs sharing the database folder take turns (a file lock), so
+    two jobs on one work dir never write one sqlite file at once.
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
+    from filelock import FileLock
 
     bids_dir = bids_dir.resolve()
     ignore: list[Any] = [re.compile(r"^/(code|sourcedata|stimuli|logs|log|figures|work)(/|$)"), re.compile(r"/\.")]
@@ -147,22 +194,33 @@ def index(
         ).hexdigest()[:12]
         database_path = Path(database_dir) / f"bids_db_{key}"
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
-    # a database is reused only when its build finished (a killed job leaves a partial index)
-    complete = database_path / ".complete" if database_path is not None else None
-    reset = complete is not None and database_path.exists() and not complete.is_file()
     try:
-        layout = BIDSLayout(
-            bids_dir,
-            validate=False,
-            is_derivative=True,
-            config=["bids", "derivatives"],
-            indexer=indexer,
-            database_path=database_path,
-            reset_database=reset,
-        )
-        if complete is not None and not complete.is_file():
-            complete.touch()
-        return layout
+        if database_path is None:
+            return BIDSLayout(bids_dir, validate=False, is_derivative=True, config=["bids", "derivatives"],
+                              indexer=indexer)
+        database_path.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(database_path / ".lock")):
+            # reused only when its build finished (a killed job leaves a partial index) and the
+            # dataset still holds the same files (subjects added or removed since: rebuilt)
+            complete = database_path / ".complete"
+            fingerprint = dataset_fingerprint(bids_dir, participant_labels)
+            stored = complete.read_text().strip() if complete.is_file() else None
+            reset = stored != fingerprint and (database_path / "layout_index.sqlite").exists()
+            if reset:
+                complete.unlink(missing_ok=True)
+                LOGGER.info("%s: the dataset changed since it was indexed; indexing it again", bids_dir)
+            layout = BIDSLayout(
+                bids_dir,
+                validate=False,
+                is_derivative=True,
+                config=["bids", "derivatives"],
+                indexer=indexer,
+                database_path=database_path,
+                reset_database=reset,
+            )
+            if stored != fingerprint:
+                complete.write_text(fingerprint + "\n")
+            return layout
     except Exception as exc:  # pybids raises plain ValueError/BIDSValidationError variants
         text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # sqlalchemy: the sqlite error, no SQL
         storage = isinstance(exc, OSError) or any(

@@ -42,10 +42,16 @@ def run_dir(output_dir: Path, run: RunInputs) -> Path:
 
 
 def run_stem(run: RunInputs, atlas: str, space: str | None) -> str:
-    """``<source entities>[_space-<space>][_res-<res>]_atlas-<atlas>``."""
+    """``<source entities>[_space-<space>][_res-<res>]_atlas-<atlas>``.
+
+    ``res`` is kept: two resolutions of one run (fMRIPrep ``--output-spaces X:res-1 X:res-2``)
+    are two inputs, and their outputs must not overwrite each other.
+    """
     stem = run.name
     if space:
         stem += f"_space-{space}"
+    if space and run.res:
+        stem += f"_res-{run.res}"
     return f"{stem}_atlas-{atlas}"
 
 

@@ -1,229 +1,135 @@
-"""The participant level as a nipype workflow: one node chain per run.
+"""The participant level, top to bottom.
 
-``extract`` (parcellate + clean + write time series) -> ``embed`` (teacher encoder +
-write embedding) per run, then one ``subject_mean`` node per subject/session. nipype
-gives us: ``--nprocs`` parallelism over runs and subjects (MultiProc), a cache in the
-work directory (a rerun after a change downstream recomputes only that node), and crash
-files, written as text under ``OUTPUT_DIR/sub-<label>/log/``.
+check the folders -> atlas -> model -> index BIDS_DIR (pybids, validated cache) -> select the
+runs -> plan (one :class:`~bids_semantoks.workflows.jobs.SubjectJob` per subject/session, with
+the keys that say whether each output is up to date) -> skip what is up to date -> process the
+rest in work units (:mod:`bids_semantoks.workflows.runner`: extract -> embed in shared batches
+-> subject mean) -> one line per run, a summary line, the exit code.
+
+Up to date means: the output's sidecar records the key of everything it was made from, i.e.
+the settings, the atlas, the software version, the identity (size, mtime, content hash) of
+each input file and, for embeddings, the model; a subject mean also records which runs went
+into it (so ``-t rest`` after ``rest`` + ``nback`` rebuilds it from the rest runs only; the
+nback runs' own outputs stay on disk). Runs that fail (a corrupt or missing file) fail alone,
+with their one-line reason; the others finish.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Any
 
+from bids_semantoks import __version__
+from bids_semantoks.bids import layout as bids_layout
 from bids_semantoks.bids import outputs
-from bids_semantoks.bids.layout import RunInputs
-from bids_semantoks.errors import BidsAppError
-from bids_semantoks.workflows.steps import is_current, job_path
+from bids_semantoks.config import Settings
+from bids_semantoks.console import NOTE, note
+from bids_semantoks.errors import EX_NOINPUT, BidsAppError, NothingSelectedError, OutputError
+from bids_semantoks.extract.prepare import outliers_file
+from bids_semantoks.reports import report_path
+from bids_semantoks.workflows import runner
+from bids_semantoks.workflows.common import (
+    check_output_dir,
+    citation,
+    resolve_atlas,
+    resolve_model,
+    work_dir,
+)
+from bids_semantoks.workflows.jobs import Context, RunJob, RunResult, SubjectJob, digest, file_identity
 
 LOGGER = logging.getLogger("bids_semantoks")
 
-
-# -- node functions: nipype serialises their source, so every import is inside --------
-def _extract_node(job, error_dir):
-    from bids_semantoks.workflows.steps import extract_step, guarded
-
-    return guarded("extract", job, error_dir, job["run"]["bold"], extract_step, job)
-
-
-def _embed_node(job, timeseries, error_dir):
-    from bids_semantoks.workflows.steps import embed_step, guarded
-
-    return guarded("embed", job, error_dir, timeseries, embed_step, job, timeseries)
-
-
-def _mean_node(out_path, embeddings, settings_hash, output_dir):
-    from bids_semantoks.workflows.steps import subject_mean_step
-
-    return subject_mean_step(out_path, embeddings, settings_hash, output_dir)
-
-
-# -------------------------------------------------------------------------------------
-def _stamp(path: Path | None) -> list | None:
-    if path is None:
-        return None
-    st = Path(path).stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def effective_strategy(participant) -> str:
-    """The denoising actually applied: time-series inputs are already denoised (no confounds)."""
-    return "none" if participant.input_type == "timeseries" else participant.denoise_strategy
-
-
-def plan_jobs(runs: list[RunInputs], atlas: dict[str, Any], settings, model: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One job description (JSON-able) per run, with its output paths and settings hashes."""
-    st = settings.participant.model_dump(mode="json")
-    st["denoise_strategy"] = effective_strategy(settings.participant)
-    extraction = {k: v for k, v in st.items() if k not in _EMBED_ONLY}
-    extraction_hash = _hash([extraction, atlas["label"], atlas["names"], atlas.get("dseg_sha")])
-    embedding_hash = _hash([extraction_hash, model and {k: model[k] for k in ("label", "sha256", "source")},
-                            st["n_crops"], st["save_tokens"]])
-    jobs = []
-    space = None if settings.participant.input_type == "timeseries" else settings.participant.space
-    for run in runs:
-        run_space = run.space or space
-        res_atlas = atlas["label"]
-        job = {
-            "name": run.name,
-            "run": {"entities": run.entities, "bold": str(run.bold), "tr": run.tr,
-                    "confounds": str(run.confounds) if run.confounds else None,
-                    "mask": str(run.mask) if run.mask else None, "space": run.space, "res": run.res,
-                    "stamp": [_stamp(run.bold), _stamp(run.confounds), _stamp(run.mask)]},
-            "atlas": atlas,
-            "settings": st,
-            "settings_hash": extraction_hash,
-            "bids_dir": str(settings.bids_dir.resolve()),
-            "output_dir": str(settings.output_dir.resolve()),
-            "omp_nthreads": settings.run.omp_nthreads,
-            # output paths relative to output_dir: nipype content-hashes strings naming existing files
-            "timeseries_path": str(outputs.timeseries_path(Path("."), run, res_atlas, run_space,
-                                                           effective_strategy(settings.participant))),
-        }
-        if model is not None:
-            job["model"] = model
-            job["embedding_path"] = str(outputs.embedding_path(Path("."), run, res_atlas, run_space, model["label"]))
-            job["embedding_hash"] = embedding_hash
-        jobs.append(job)
-    return jobs
-
-
+#: Settings that change the embedding but not the extracted series.
 _EMBED_ONLY = ("participant_label", "session_label", "task_id", "bids_filters", "model", "device", "batch_size",
                "save_tokens", "n_crops")
+#: Settings that change neither (which runs are selected is decided per subject mean).
+_NEITHER = ("participant_label", "session_label", "task_id", "bids_filters", "device", "batch_size")
+
+EXIT_MEANING = {0: "success", 1: "unexpected failure (a bug: see the crash files and report it)",
+                18: "nothing selected or nothing usable", 64: "usage error", 65: "bad input data",
+                66: "missing input", 73: "output not writable", 130: "interrupted"}
 
 
-def extraction_job(job: dict[str, Any]) -> dict[str, Any]:
-    """The part of a job the extraction depends on (so a model change keeps its cache)."""
-    out = {k: v for k, v in job.items() if k not in ("model", "embedding_path", "embedding_hash")}
-    out["settings"] = {k: v for k, v in job["settings"].items() if k not in _EMBED_ONLY}
-    return out
-
-
-def run_workflow(jobs: list[dict[str, Any]], settings, work_dir: Path) -> list[tuple[int, str]]:
-    """Build and run the nipype graph for the jobs that are not already done.
-
-    Returns the list of ``(exit_code, message)`` of the runs that failed.
-    """
-    from nipype import Function, Node, Workflow
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
-    overwrite = settings.run.overwrite
-    todo: set[str] = set()  # names of the runs with outputs to (re)compute
-    subjects: dict[tuple, list] = {}
-    for job in jobs:
-        ts_done = is_current(job_path(job, "timeseries_path"), job["settings_hash"])
-        emb_done = "model" not in job or is_current(job_path(job, "embedding_path"), job["embedding_hash"])
-        key = (job["run"]["entities"]["subject"], job["run"]["entities"].get("session"))
-        subjects.setdefault(key, []).append(job)
-        if ts_done and emb_done and not overwrite:
-            LOGGER.info("%s: outputs up to date, skipped", job["name"])
+def run_participant(settings: Settings) -> None:
+    """Run the participant level; raise :class:`BidsAppError` (with its exit code) when it fails."""
+    st = settings.participant
+    # 1. folders: nothing is written into BIDS_DIR, nothing starts on an unusable output
+    input_desc = bids_layout.check_dataset(settings.bids_dir, settings.output_dir, st.input_type)
+    wdir = work_dir(settings)
+    bids_layout.check_not_inside(settings.bids_dir, wdir, "the work directory (-w)")
+    bids_layout.check_not_inside(settings.bids_dir, settings.run.bids_database_dir, "--bids-database-dir")
+    check_output_dir(settings.output_dir)
+    # 2. atlas and model: a missing model fails before anything is written
+    resolved, atlas = resolve_atlas(settings)
+    model, encoder = resolve_model(settings, atlas)
+    check_output_dir(wdir, "the work directory (-w)")
+    # 3. discovery: the dataset as it is now
+    layout = bids_layout.index(
+        settings.bids_dir,
+        participant_labels=st.participant_label,
+        database_dir=settings.run.bids_database_dir or wdir / "bids_db",
+        ignore_dirs=[settings.output_dir, wdir],
+    )
+    skipped: list = []  # (entities, error) of runs with bad sidecars/confounds: the others go on
+    runs = bids_layout.collect_runs(layout, st, errors=skipped)
+    del layout
+    bad_keys = {(e.get("subject"), e.get("session")) for e, _ in skipped}
+    runs = [r for r in runs if (r.subject, r.entities.get("session")) not in bad_keys]  # no partial subject mean
+    failed: list[RunResult] = [RunResult(_entities_name(e), e.get("subject", "?"), "failed", str(exc), exc.code)
+                               for e, exc in skipped]
+    if not runs and skipped:
+        raise skipped[0][1]
+    LOGGER.info("found %d run(s) of %d subject(s)", len(runs), len({r.subject for r in runs}))
+    room = runner_room(wdir)
+    if room:
+        raise OutputError(f"{wdir}: cannot write the work directory ({room}); free space or choose another --work-dir")
+    # 4. the output dataset and each subject's record of the settings
+    outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=citation(resolved, model))
+    unwritable: set[str] = set()
+    for subject in sorted({r.subject for r in runs}):
+        outputs.remove_stale_temporaries(Path(settings.output_dir, f"sub-{subject}"), recursive=True)  # killed jobs
+        try:
+            outputs.write_text_if_changed(
+                Path(settings.output_dir, f"sub-{subject}", "log", "bids_semantoks_participant.json"),
+                settings.to_json() + "\n")
+        except OutputError as exc:  # this subject's folder cannot be written: the others go on
+            unwritable.add(subject)
+            failed += [RunResult(r.name, subject, "failed", str(exc), exc.code) for r in runs if r.subject == subject]
+    runs = [r for r in runs if r.subject not in unwritable]
+    # 5. plan: keys of every output; inputs that cannot be read fail here, alone
+    ctx = make_context(settings, atlas, model)
+    subjects, unreadable = plan(runs, ctx)
+    failed += unreadable
+    # 6. skip what is up to date, process the rest
+    report = _Report(total=len(failed) + sum(len(s.runs) for s in subjects))
+    for res in failed:
+        report.add(res)
+    todo = []
+    for subject in subjects:
+        to_extract, to_embed, dropped, need_mean = runner.state(ctx, subject)
+        if to_extract or to_embed or need_mean or not report_path(ctx.output_dir, subject.subject).is_file():
+            todo.append(subject)
             continue
-        todo.add(job["name"])
-
-    def mean_stale(key, runs) -> bool:
-        return overwrite or any(j["name"] in todo for j in runs) or not is_current(
-            _mean_path(settings, key, runs[0]), runs[0]["embedding_hash"])
-
-    means_needed = [k for k, js in subjects.items() if "model" in js[0] and mean_stale(k, js)]
-    if not todo and not means_needed:
-        return []
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    error_dir = work_dir / "errors"
-    # only this job's records: parallel jobs (a SLURM array) may share the work dir
-    own_errors = [error_dir / f"{j['name']}_{step}.json" for j in jobs for step in ("extract", "embed")]
-    for f in own_errors:
-        f.unlink(missing_ok=True)
-    nipype_config.update_config({
-        "execution": {"crashfile_format": "txt", "stop_on_first_crash": "false", "remove_unnecessary_outputs": "false",
-                      "hash_method": "timestamp", "create_report": "false", "use_relative_paths": "false"},
-        "logging": {"workflow_level": "INFO" if settings.run.verbose > 1 else "WARNING",
-                    "interface_level": "WARNING", "utils_level": "WARNING"},
-        "monitoring": {"enabled": "false"},
-    })
-    nipype_logging.update_logging(nipype_config)
-    wf = Workflow(name="bids_semantoks_participant", base_dir=str(work_dir))
-    embed_nodes: dict[tuple, list] = {}
-    for job in jobs:
-        key = (job["run"]["entities"]["subject"], job["run"]["entities"].get("session"))
-        if job["name"] not in todo and key not in means_needed:
-            continue
-        safe = outputs.sanitize_label(job["name"])
-        log_dir = Path(settings.output_dir, f"sub-{key[0]}", "log")
-        ext = Node(Function(input_names=["job", "error_dir"], output_names=["timeseries"], function=_extract_node),
-                   name=f"extract_{safe}")
-        ext.inputs.job = extraction_job(job)
-        ext.inputs.error_dir = str(error_dir)
-        ext.config = {"execution": {"crashdump_dir": str(log_dir)}}
-        ts_done = is_current(job_path(job, "timeseries_path"), job["settings_hash"])
-        ext.overwrite = bool(overwrite or not ts_done)
-        wf.add_nodes([ext])
-        if "model" in job:
-            emb = Node(Function(input_names=["job", "timeseries", "error_dir"], output_names=["embedding"],
-                                function=_embed_node), name=f"embed_{safe}")
-            emb.inputs.job = job
-            emb.inputs.error_dir = str(error_dir)
-            emb.config = {"execution": {"crashdump_dir": str(log_dir)}}
-            emb.overwrite = bool(overwrite or not is_current(job_path(job, "embedding_path"), job["embedding_hash"]))
-            wf.connect(ext, "timeseries", emb, "timeseries")
-            embed_nodes.setdefault(key, []).append(emb)
-    for key in means_needed:
-        nodes = embed_nodes.get(key, [])
-        if not nodes:
-            continue
-        from nipype.interfaces.utility import Merge
-
-        safe = outputs.sanitize_label(f"sub{key[0]}ses{key[1] or ''}")
-        merge = Node(Merge(len(nodes)), name=f"merge_{safe}")
-        for i, node in enumerate(nodes, start=1):
-            wf.connect(node, "embedding", merge, f"in{i}")
-        first = subjects[key][0]
-        mean = Node(Function(input_names=["out_path", "embeddings", "settings_hash", "output_dir"],
-                             output_names=["mean"], function=_mean_node), name=f"mean_{safe}")
-        mean.inputs.out_path = str(_mean_path(settings, key, first))
-        mean.inputs.settings_hash = first["embedding_hash"]
-        mean.inputs.output_dir = str(settings.output_dir.resolve())
-        mean.overwrite = True
-        mean.config = {"execution": {"crashdump_dir": str(Path(settings.output_dir, f"sub-{key[0]}", "log"))}}
-        wf.connect(merge, "out", mean, "embeddings")
-
-    n_nodes = len(wf._graph.nodes())
-    progress = _Progress(n_nodes, enabled=sys.stderr.isatty())
-    plugin = "MultiProc" if settings.run.nprocs > 1 else "Linear"
-    plugin_args: dict[str, Any] = {"status_callback": progress.callback}
-    if plugin == "MultiProc":
-        plugin_args.update(n_procs=settings.run.nprocs, raise_insufficient=False)
-    failures: list[tuple[int, str]] = []
+        for job in subject.runs:
+            report.add(RunResult(job.name, subject.subject, "dropped" if job.name in dropped else "current",
+                                 dropped.get(job.name, "")))
+    nprocs = settings.run.nprocs
+    units = make_units(todo, nprocs, st.batch_size)
+    if units:
+        LOGGER.info("%d subject(s) to process in %d unit(s) with %d process(es)", len(todo), len(units), nprocs)
     try:
-        with progress:
-            wf.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError:
-        pass  # nipype raises after all runnable nodes finished; we report below
-    for f in sorted(own_errors):
-        if f.is_file():
-            rec = json.loads(f.read_text())
-            failures.append((int(rec["code"]), rec["message"]))
-    if progress.failed and not failures:  # nipype itself failed (our steps record their errors)
-        full = _cannot_write(work_dir)
-        if full:
-            failures.append((73, f"{work_dir}: cannot write the work directory ({full}); "
-                                 "free space or choose another --work-dir"))
-        else:
-            failures.append((1, f"{progress.failed} step(s) crashed; see the crash files under OUTPUT_DIR/sub-*/log/"))
-    return failures
+        with report.live():
+            runner.run_units(ctx, units, nprocs, report.add, encoder=encoder if nprocs <= 1 else None)
+    except KeyboardInterrupt:
+        note("interrupted: %d of %d run(s) finished; files being written were removed; rerun the same command "
+             "to continue (exit 130)", report.finished, report.total)
+        raise
+    report.finish()
 
 
-def _cannot_write(folder: Path, size: int = 1 << 20) -> str | None:
+def runner_room(folder: Path, size: int = 1 << 20) -> str | None:
     """Why ``folder`` cannot take ``size`` more bytes (strerror), or None when it can."""
     import os
     import tempfile
@@ -238,50 +144,162 @@ def _cannot_write(folder: Path, size: int = 1 << 20) -> str | None:
     return None
 
 
-def _mean_path(settings, key, job) -> Path:
-    return outputs.subject_embedding_path(settings.output_dir, key[0], key[1], job["atlas"]["label"], job["model"]["label"])
+def _entities_name(ents: dict) -> str:
+    return "_".join(f"{bids_layout.ENTITY_KEYS[k]}-{ents[k]}" for k in bids_layout.RUN_ENTITIES if ents.get(k))
 
 
-class _Progress:
-    """A rich progress bar on a terminal, plain log lines otherwise."""
+def effective_strategy(participant) -> str:
+    """The denoising actually applied: time-series inputs are already denoised (no confounds)."""
+    return "none" if participant.input_type == "timeseries" else participant.denoise_strategy
 
-    def __init__(self, total: int, enabled: bool):
+
+def make_context(settings: Settings, atlas, model) -> Context:
+    st = settings.participant.model_dump(mode="json")
+    st["denoise_strategy"] = effective_strategy(settings.participant)
+    return Context(atlas=atlas, model=model, settings=st, bids_dir=settings.bids_dir.resolve(),
+                   output_dir=settings.output_dir.resolve(), omp_nthreads=settings.run.omp_nthreads,
+                   overwrite=settings.run.overwrite, verbose=settings.run.verbose)
+
+
+def plan(runs: list[bids_layout.RunInputs], ctx: Context) -> tuple[list[SubjectJob], list[RunResult]]:
+    """One :class:`SubjectJob` per subject/session with the output paths and keys of its runs.
+
+    A run whose inputs cannot be read (a missing file, a broken symbolic link) is returned as a
+    failed :class:`RunResult`; its subject's other runs go on (without a subject mean).
+    """
+    st = ctx.settings
+    extraction = {k: v for k, v in st.items() if k not in _EMBED_ONLY}
+    base = digest([extraction, ctx.atlas.label, list(ctx.atlas.names), ctx.atlas.dseg_sha, __version__])
+    embed_settings = digest([ctx.model.identity() if ctx.model else None, st["n_crops"], st["save_tokens"]])
+    space = None if st["input_type"] == "timeseries" else st["space"]
+    subjects: dict[tuple, SubjectJob] = {}
+    failed: list[RunResult] = []
+    for run in runs:
+        run_space = run.space or space
+        key = (run.subject, run.entities.get("session"))
+        subject = subjects.setdefault(key, SubjectJob(run.subject, key[1]))
+        job = RunJob(
+            run=run,
+            timeseries_path=outputs.timeseries_path(ctx.output_dir, run, ctx.atlas.label, run_space,
+                                                    st["denoise_strategy"]),
+            embedding_path=None if ctx.model is None else outputs.embedding_path(
+                ctx.output_dir, run, ctx.atlas.label, run_space, ctx.model.label),
+        )
+        try:
+            identity = [file_identity(p, ctx.bids_dir) for p in
+                        (run.bold, bids_layout._sidecar(run.bold), run.confounds, run.mask,
+                         outliers_file(run.bold, run.name))]  # XCP-D's record of removed volumes
+        except OSError as exc:
+            path = getattr(exc, "filename", None) or run.bold
+            failed.append(RunResult(job.name, run.subject, "failed", _unreadable(Path(path), exc), EX_NOINPUT))
+            subject.runs.append(None)  # type: ignore[arg-type]  # marks the subject incomplete
+            continue
+        job.extraction_key = digest([base, identity])
+        if ctx.model is not None:
+            job.embedding_key = digest([job.extraction_key, embed_settings])
+        subject.runs.append(job)
+    out = []
+    for (sub, ses), subject in sorted(subjects.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        complete = all(j is not None for j in subject.runs)
+        subject.runs = [j for j in subject.runs if j is not None]
+        if ctx.model is not None and complete:
+            subject.mean_path = outputs.subject_embedding_path(ctx.output_dir, sub, ses, ctx.atlas.label,
+                                                               ctx.model.label)
+        if subject.runs:
+            out.append(subject)
+    return out, failed
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    if path.is_symlink() and not path.exists():
+        return (f"{path}: broken symbolic link (an un-fetched DataLad/git-annex file?); fetch it "
+                "(datalad get) or leave the run out with --bids-filter-file")
+    return f"{path}: cannot read this input ({exc.strerror or exc}); check the file, or leave the run out"
+
+
+def make_units(subjects: list[SubjectJob], nprocs: int, batch_size: int) -> list[list[SubjectJob]]:
+    """Whole subjects in chunks: enough runs per unit to fill the encoder's batches, enough units
+    (about four per process) to keep every process busy to the end."""
+    if not subjects:
+        return []
+    per_batch = max(1, batch_size // 8)  # about 8 crops per run
+    per_balance = max(1, math.ceil(len(subjects) / (4 * max(1, nprocs)))) if nprocs > 1 else per_batch
+    size = max(1, min(per_batch, per_balance))
+    return [subjects[i: i + size] for i in range(0, len(subjects), size)]
+
+
+class _Report:
+    """One console line per run as it completes, a progress bar on a terminal, a summary line."""
+
+    def __init__(self, total: int):
         self.total = total
-        self.enabled = enabled
-        self.done = 0
-        self.failed = 0
+        self.results: list[RunResult] = []
         self._progress = None
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    @property
+    def finished(self) -> int:
+        return len(self.results)
 
-            self._progress = Progress(TextColumn("[bold]participant"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("{task.description}"), transient=False)
-            self._progress.start()
-            self._task = self._progress.add_task("", total=self.total)
-        return self
+    def live(self):
+        report = self
 
-    def __exit__(self, *exc):
+        class _Live:
+            def __enter__(self):
+                if sys.stderr.isatty() and report.total:
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+                    report._progress = Progress(TextColumn("[bold]participant"), BarColumn(), MofNCompleteColumn(),
+                                                TimeElapsedColumn(), transient=True)
+                    report._progress.start()
+                    report._task = report._progress.add_task("", total=report.total, completed=report.finished)
+                    report._swap_streams()
+                return self
+
+            def __exit__(self, *exc):
+                if report._progress is not None:
+                    report._progress.stop()
+                    report._swap_streams()
+                    report._progress = None
+
+        return _Live()
+
+    def _swap_streams(self) -> None:
+        """Point our console handler at rich's proxy while the bar is shown (lines print above it)."""
+        for handler in logging.getLogger().handlers:
+            if getattr(handler, "_bids_semantoks", False):
+                handler.setStream(sys.stderr)
+
+    def add(self, res: RunResult) -> None:
+        self.results.append(res)
         if self._progress is not None:
-            self._progress.stop()
-
-    def callback(self, node, status):
-        if status not in ("end", "exception"):
-            return
-        self.done += 1
-        if status == "exception":
-            self.failed += 1
-        name = node.name
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=name)
+            self._progress.update(self._task, advance=1)
+        if res.status == "failed":
+            LOGGER.error("%s: failed: %s", res.name, res.message)
+            if res.detail:
+                LOGGER.debug("%s", res.detail.rstrip())
+        elif res.status == "dropped":
+            LOGGER.warning("%s: %s", res.name, res.message)
+        elif res.status == "current":
+            LOGGER.log(NOTE, "%s: up to date, skipped", res.name)
         else:
-            LOGGER.info("[%d/%d] %s %s", self.done, self.total, name, "failed" if status == "exception" else "done")
+            LOGGER.log(NOTE, "%s: done%s", res.name, f" ({res.message})" if res.message else "")
 
+    def finish(self) -> None:
+        """The summary line; raise the error of the level when it did not succeed."""
+        by = {s: [r for r in self.results if r.status == s] for s in ("done", "current", "dropped", "failed")}
+        error: BidsAppError | None = None
+        if by["failed"]:
+            first = by["failed"][0]
+            more = f" (and {len(by['failed']) - 1} more failures; see the log)" if len(by["failed"]) > 1 else ""
+            error = BidsAppError(first.message + more, code=first.code)
+        elif not by["done"] and not by["current"] and by["dropped"]:
+            error = NothingSelectedError(
+                f"no run had enough usable data ({len(by['dropped'])} run(s) below --min-time after censoring); "
+                "lower --min-time or --fd-thresh settings, or check the inputs")
+        code = 0 if error is None else error.code
+        note("participant: %d run(s): %d done, %d up to date, %d too short, %d failed; exit %d (%s)",
+             len(self.results), len(by["done"]), len(by["current"]), len(by["dropped"]), len(by["failed"]),
+             code, EXIT_MEANING.get(code, "error"))
+        if error is not None:
+            raise error
 
-def failures_summary(failures: list[tuple[int, str]]) -> BidsAppError | None:
-    if not failures:
-        return None
-    code, message = failures[0]
-    more = f" (and {len(failures) - 1} more failures; see the log)" if len(failures) > 1 else ""
-    return BidsAppError(message + more, code=code)

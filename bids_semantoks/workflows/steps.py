@@ -1,8 +1,9 @@
-"""The per-run steps of the participant level, as plain functions.
+"""The steps of the participant level, as plain functions.
 
-Each step takes JSON-serialisable arguments (so nipype can hash them for its cache),
-writes its outputs atomically, and returns the paths it wrote. The nipype graph in
-:mod:`bids_semantoks.workflows.participant` only wires them together.
+``extract_step`` prepares one run (JSON-able job in, time-series TSV out);
+``embed_step`` embeds the model-ready series of many runs in shared encoder batches;
+``subject_mean_step`` averages a subject's run embeddings. Each writes its outputs
+atomically. :mod:`bids_semantoks.workflows.runner` calls them for a work unit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from bids_semantoks import __version__
 from bids_semantoks.bids import outputs
 from bids_semantoks.bids.layout import RunInputs
-from bids_semantoks.errors import BidsAppError, DataError
+from bids_semantoks.errors import DataError
 
 LOGGER = logging.getLogger("bids_semantoks")
 
@@ -28,6 +29,7 @@ def _run(run: dict[str, Any]) -> RunInputs:
         entities=run["entities"], bold=Path(run["bold"]), tr=float(run["tr"]),
         confounds=Path(run["confounds"]) if run.get("confounds") else None,
         mask=Path(run["mask"]) if run.get("mask") else None, space=run.get("space"), res=run.get("res"),
+        metadata=run.get("metadata") or {},  # the input's sidecar: e.g. XCP-D's record of its band-pass
     )
 
 
@@ -40,40 +42,9 @@ def _source(bids_dir: str, path: Path | None) -> str | None:
         return str(path)
 
 
-def guarded(step: str, job: dict[str, Any], error_dir: str, where: str | None, fn, *args):
-    """Run ``fn(*args)``; on failure, leave a one-line error record for the job, then re-raise.
-
-    nipype only keeps tracebacks (in the crash files); the record gives the CLI the exit code
-    and the one-line message naming the run's file. A bug is reported with exit code 1.
-    """
-    try:
-        return fn(*args)
-    except Exception as exc:
-        if isinstance(exc, BidsAppError):
-            code, msg = exc.code, str(exc)
-        else:
-            detail = " ".join(str(exc).split())[:300]
-            code, msg = 1, (f"{where}: unexpected error while running {step} ({type(exc).__name__}: {detail}); "
-                            "see the crash file under OUTPUT_DIR/sub-*/log/ and report it")
-        Path(error_dir).mkdir(parents=True, exist_ok=True)
-        Path(error_dir, f"{job['name']}_{step}.json").write_text(json.dumps({"code": code, "message": msg}))
-        raise
-
-
 def job_path(job: dict[str, Any], key: str) -> Path:
     """An output path of a job (stored relative to the output folder)."""
     return Path(job["output_dir"]) / job[key]
-
-
-def is_current(path: Path, settings_hash: str) -> bool:
-    """True when ``path`` and its sidecar exist and were made with the same settings."""
-    side = outputs.sidecar_of(path)
-    if not (path.is_file() and side.is_file()):
-        return False
-    try:
-        return json.loads(side.read_text()).get("SettingsHash") == settings_hash
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def extract_step(job: dict[str, Any]) -> str | None:
@@ -97,72 +68,76 @@ def extract_step(job: dict[str, Any]) -> str | None:
     return str(out_path)
 
 
-def embed_step(job: dict[str, Any], timeseries: str | None) -> str | None:
-    """Embed one run's model-ready series with the teacher encoder and write the table."""
-    if timeseries is None:
-        return None
-    from bids_semantoks.embed import embed_series, embedding_frame
-    from bids_semantoks.model import load_encoder
+def embed_step(jobs: list[tuple[Path, Path, str]], model, atlas, settings: dict[str, Any], encoder,
+               output_dir: Path) -> None:
+    """Embed the model-ready series of many runs (crops batched together) and write their tables.
 
-    ts_path = Path(timeseries)
-    out_path = job_path(job, "embedding_path")
-    model = job["model"]
-    atlas = job["atlas"]
-    data = pd.read_csv(ts_path, sep="\t", na_values=["n/a"]).to_numpy(dtype=np.float64)
-    device = model["device"]
-    torch = _torch(job["omp_nthreads"])
-    encoder = load_encoder(model["path"], network_map=np.asarray(atlas["channel_networks"]), data_dir=model.get("data_dir"))
-    encoder = encoder.to(device).eval()
-    emb = embed_series(
-        encoder, data, atlas["names"], atlas["networks"], np.asarray(atlas["channel_networks"]),
-        tr=job["settings"]["target_tr"], n_crops=job["settings"]["n_crops"],
-        batch_size=job["settings"]["batch_size"], device=device, save_tokens=job["settings"]["save_tokens"],
-    )
-    for msg in emb.warnings:
-        LOGGER.warning("%s: %s", ts_path.name, msg)
-    frame = embedding_frame(emb)
-    dim = emb.features.shape[1] // 2
-    sidecar = {
-        "Description": "Brain-Semantoks teacher-encoder embedding per 100-TR crop: cls_avg = "
-        "[mean of the patch tokens (avg_*), CLS token (cls_*)].",
-        "Model": model["label"],
-        "ModelSource": model["source"],
-        "ModelSha256": model.get("sha256"),
-        "ModelIsRandomDemo": bool(model.get("is_demo", False)),
-        "FeatureLayout": {"avg": [f"avg_0000", f"avg_{dim - 1:04d}"], "cls": [f"cls_0000", f"cls_{dim - 1:04d}"]},
-        "EmbeddingDimension": int(emb.features.shape[1]),
-        "CropLength": 100,
-        "CropOnsets": emb.onsets.tolist(),
-        "ZeroPadded": emb.padded,
-        "Warnings": emb.warnings,
-        "MaskedNetworks": emb.masked_networks,
-        "ZeroFilledRegions": emb.zero_filled_regions,
-        "Device": str(device),
-        "Precision": "float32",
-        "TorchVersion": torch.__version__,
-        "Sources": [_source(job["output_dir"], ts_path).replace("bids:input:", "bids::")],
-        "SettingsHash": job["embedding_hash"],
-        "SoftwareVersion": __version__,
-    }
-    outputs.write_tsv(out_path, frame, float_format="%.7g")
-    outputs.write_json(outputs.sidecar_of(out_path), sidecar)
-    if emb.tokens is not None:
-        tok_path = out_path.with_name(out_path.name.replace("_embedding.tsv", "_tokens.npz"))
-        with outputs.atomic_path(tok_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, tokens=emb.tokens, networks=np.array(atlas["networks"]), onsets=emb.onsets)
-        outputs.write_json(outputs.sidecar_of(tok_path), {
-            "Description": "Per-network token embeddings (mean over the 5 patches) per crop: [crop, network, D].",
-            "Networks": list(atlas["networks"]), "Model": model["label"], "SettingsHash": job["embedding_hash"],
-        })
-    return str(out_path)
+    Parameters
+    ----------
+    jobs : list of (timeseries path, embedding path, up-to-date key)
+        One per run.
+    model : bids_semantoks.workflows.jobs.ModelInfo
+    atlas : bids_semantoks.workflows.jobs.AtlasInfo
+    settings : dict
+        Participant settings (``target_tr``, ``n_crops``, ``batch_size``, ``save_tokens``).
+    encoder : bids_semantoks.model.Encoder
+        Loaded once per process, in eval mode on ``model.device``.
+    """
+    from bids_semantoks.embed import embed_runs, embedding_frame
 
-
-def _torch(nthreads: int):
+    if not jobs:
+        return
     import torch
 
-    torch.set_num_threads(max(1, int(nthreads)))
-    return torch
+    data = [pd.read_csv(ts, sep="\t", na_values=["n/a"]).to_numpy(dtype=np.float64) for ts, _, _ in jobs]
+    embs = embed_runs(
+        encoder, data, list(atlas.names), list(atlas.networks), np.asarray(atlas.channel_networks),
+        tr=settings["target_tr"], n_crops=settings["n_crops"], batch_size=settings["batch_size"],
+        device=model.device, save_tokens=settings["save_tokens"],
+    )
+    for (ts_path, out_path, key), emb in zip(jobs, embs):
+        for msg in emb.warnings:
+            LOGGER.warning("%s: %s", Path(ts_path).name, msg)
+        frame = embedding_frame(emb)
+        dim = emb.features.shape[1] // 2
+        sidecar = {
+            "Description": "Brain-Semantoks teacher-encoder embedding per 100-TR crop: cls_avg = "
+            "[mean of the patch tokens (avg_*), CLS token (cls_*)].",
+            "Model": model.label,
+            "ModelSource": model.source,
+            "ModelSha256": model.sha256,
+            "ModelIsRandomDemo": bool(model.is_demo),
+            "FeatureLayout": {"avg": ["avg_0000", f"avg_{dim - 1:04d}"], "cls": ["cls_0000", f"cls_{dim - 1:04d}"]},
+            "EmbeddingDimension": int(emb.features.shape[1]),
+            "CropLength": 100,
+            "CropOnsets": emb.onsets.tolist(),
+            "ZeroPadded": emb.padded,
+            "Warnings": emb.warnings,
+            "MaskedNetworks": emb.masked_networks,
+            "ZeroFilledRegions": emb.zero_filled_regions,
+            "Device": str(model.device),
+            "Precision": "float32",
+            "TorchVersion": torch.__version__,
+            "Sources": [_source(str(output_dir), Path(ts_path)).replace("bids:input:", "bids::")],
+            "SettingsHash": key,
+            "SoftwareVersion": __version__,
+        }
+        outputs.write_tsv(out_path, frame, float_format="%.7g")
+        outputs.write_json(outputs.sidecar_of(out_path), sidecar)
+        if emb.tokens is not None:
+            tok_path = tokens_path(out_path)
+            with outputs.atomic_path(tok_path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, tokens=emb.tokens, networks=np.array(atlas.networks), onsets=emb.onsets)
+            outputs.write_json(outputs.sidecar_of(tok_path), {
+                "Description": "Per-network token embeddings (mean over the 5 patches) per crop: [crop, network, D].",
+                "Networks": list(atlas.networks), "Model": model.label, "SettingsHash": key,
+            })
+
+
+def tokens_path(embedding_path: Path) -> Path:
+    """The per-network tokens file written beside a run embedding (``--save-tokens``)."""
+    return embedding_path.with_name(embedding_path.name.replace("_embedding.tsv", "_tokens.npz"))
 
 
 def subject_mean_step(out_path: str, embeddings: list[str | None], settings_hash: str, output_dir: str) -> str | None:

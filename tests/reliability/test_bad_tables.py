@@ -97,7 +97,9 @@ def test_run_shorter_than_min_time_is_dropped(cli, make_fmriprep, tmp_path, capl
     bids = make_fmriprep(subjects=("01",), n_vols=40, voxel_mm=8.0)  # 80 s
     out = tmp_path / "out"
     r = cli(bids, out, "participant", *M)
-    assert r.code == 0, r.err
+    # its only run dropped: nothing produced is not success (issue 12), 18 with one clear line
+    assert r.code == 18, r.err
+    assert "--min-time" in r.message
     assert not list(out.rglob("*_timeseries.*"))
     warn = [rec.getMessage() for rec in caplog.records if "dropped" in rec.getMessage()]
     assert len(warn) == 1 and "desc-preproc_bold.nii.gz" in warn[0] and "--min-time" in warn[0]
