@@ -171,7 +171,7 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--config-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="TOML/YAML/JSON settings; command-line options take precedence.")
 @click.option("-w", "--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Working directory (nipype cache); default OUTPUT_DIR/work.")
+              help="Working directory (pybids database, locks, failure records); default OUTPUT_DIR/work; never inside BIDS_DIR.")
 @click.option("--bids-database-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="pybids database folder; default under the work directory.")
 @click.option("--nprocs", "--n-cpus", "--n_cpus", "nprocs", type=int, default=None, help="Parallel processes.")

@@ -226,7 +226,7 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    work_dir: Path | None = Field(None, description="working directory (nipype cache); default OUTPUT_DIR/work")
+    work_dir: Path | None = Field(None, description="working directory (pybids database, locks, failure records); default OUTPUT_DIR/work")
     bids_database_dir: Path | None = Field(None, description="pybids database folder; default under the work dir")
     data_dir: Path | None = Field(None, description="data cache (atlases, weights)")
     nprocs: int = Field(1, ge=1, description="parallel processes")

@@ -47,7 +47,7 @@ def setup_logging(verbose: int) -> None:
     LOGGER.setLevel(level)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose >= 1 else logging.ERROR)
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "matplotlib", "urllib3", "filelock"):
+    for noisy in ("matplotlib", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
 
 
