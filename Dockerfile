@@ -59,7 +59,7 @@ RUN --mount=type=secret,id=pip_conf,required=false --mount=type=secret,id=ca_bun
         export PIP_CERT=/tmp/ca.pem; \
     fi \
     && python -m venv "${VIRTUAL_ENV}" \
-    && pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+    && pip install --no-cache-dir --no-compile "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && rm -f /tmp/ca.pem
 
 # The package and its dependencies (the build context is filtered by .dockerignore).
@@ -72,7 +72,7 @@ RUN --mount=type=secret,id=pip_conf,required=false --mount=type=secret,id=ca_bun
             || cp /run/secrets/ca_bundle /tmp/ca.pem; \
         export PIP_CERT=/tmp/ca.pem; \
     fi \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir --no-compile . \
     && rm -f /tmp/ca.pem \
     && bids_semantoks --version
 
