@@ -130,10 +130,10 @@ def _host_python(*args: str, timeout=600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo(image, tmp_path_factory):
-    """The demo dataset (6 subjects, with phenotypes) and the tiny random demo model, made on the host."""
+    """The demo dataset (8 subjects, with phenotypes) and the tiny random demo model, made on the host."""
     root = tmp_path_factory.mktemp("image_demo")
     root.chmod(0o755)
-    _host_python("-m", "bids_semantoks.demo", str(root / "bids"), "--subjects", "6")
+    _host_python("-m", "bids_semantoks.demo", str(root / "bids"), "--subjects", "8")
     _host_python("-c", (
         "import sys; from pathlib import Path; from bids_semantoks.atlas import registry; "
         "from bids_semantoks.demo_run import make_demo_model; "
@@ -225,7 +225,7 @@ def test_participant_model_none_as_a_user_read_only(image, demo, tmp_path):
                 mounts=[(demo / "bids", "/bids", "ro"), (out, "/out", "rw"), (work, "/work", "rw")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     series = sorted(out.rglob("*_timeseries.tsv"))
-    assert {p.name.split("_")[0] for p in series} == {f"sub-{i:02d}" for i in range(1, 7)}
+    assert {p.name.split("_")[0] for p in series} == {f"sub-{i:02d}" for i in range(1, 9)}
     assert not list(out.rglob("*_embedding.tsv"))
     created = [p for p in out.rglob("*")]
     assert created and all(p.stat().st_uid == 1000 and p.stat().st_gid == 1000 for p in created), \
@@ -241,8 +241,8 @@ def test_participant_with_a_mounted_model_folder_then_group(image, demo, tmp_pat
                 "--nprocs", "2",
                 mounts=[(demo / "bids", "/bids", "ro"), (demo / "models", "/models", "ro"), (out, "/out", "rw")])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    means = sorted(out.glob("sub-*/func/sub-*_desc-demotinyrandom_embedding.tsv"))
-    assert len(means) == 6, sorted(p.name for p in out.rglob("*_embedding.tsv"))
+    means = sorted(out.glob("sub-*/func/sub-??_atlas-*_desc-demotinyrandom_embedding.tsv"))
+    assert len(means) == 8, sorted(p.name for p in out.rglob("*_embedding.tsv"))
     assert all(p.stat().st_uid == 0 for p in out.rglob("*")), "as root in the container, files belong to root"
     sidecar = json.loads(means[0].with_suffix(".json").read_text())
     assert "demotinyrandom" in json.dumps(sidecar)
