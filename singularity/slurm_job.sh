@@ -13,7 +13,8 @@
 #   sbatch --gres=gpu:1 --export=ALL,SIF=...,BIDS_DIR=...,OUT_DIR=... singularity/slurm_job.sh pretrain [app options]
 #
 # Levels:
-#   participant  array task i runs the i-th label of $LABELS_FILE (one label per line)
+#   participant  array task i runs the i-th chunk of $SUBJECTS_PER_TASK labels of $LABELS_FILE
+#                (one label per line; default 1 per task: task i runs the i-th label)
 #   group        one job over every participant's outputs
 #   pretrain     one job on a GPU: apptainer --nv, --device cuda (needs an image built with a
 #                CUDA torch, e.g. --build-arg TORCH_VARIANT=cu128)
@@ -23,6 +24,7 @@
 #   BIDS_DIR     input dataset, bound read-only at /bids (required)
 #   OUT_DIR      output dataset, bound at /out (required)
 #   LABELS_FILE  participant labels, one per line (participant level)
+#   SUBJECTS_PER_TASK  participants per array task (default 1; slurm_submit.sh --subjects-per-task)
 #   DATA_DIR     optional host data cache (filled with `python -m bids_semantoks.prefetch`), bound
 #                read-only over the image's cache; default: the cache baked into the image
 #   WORK_ROOT    node-local scratch for the work directory; default $SLURM_TMPDIR, $TMPDIR or /tmp
@@ -61,12 +63,23 @@ case "$level" in
   participant)
     : "${LABELS_FILE:?set LABELS_FILE (one participant label per line)}"
     : "${SLURM_ARRAY_TASK_ID:?submit the participant level as an array job (sbatch --array=1-N)}"
-    label=$(grep -v -e '^[[:space:]]*$' -e '^#' "$LABELS_FILE" | sed -n "${SLURM_ARRAY_TASK_ID}p" | tr -d '[:space:]')
-    if [ -z "$label" ]; then
-      echo "slurm_job.sh: no label number $SLURM_ARRAY_TASK_ID in $LABELS_FILE" >&2
+    per=${SUBJECTS_PER_TASK:-1}
+    case "$per" in
+      ''|*[!0-9]*|0*) echo "slurm_job.sh: SUBJECTS_PER_TASK must be a positive integer, not '$per'" >&2; exit 64 ;;
+    esac
+    first=$(( (SLURM_ARRAY_TASK_ID - 1) * per + 1 )) last=$(( SLURM_ARRAY_TASK_ID * per ))
+    mapfile -t chunk < <(grep -v -e '^[[:space:]]*$' -e '^#' "$LABELS_FILE" | sed -n "${first},${last}p" \
+      | tr -d '[:blank:]\r' | sed 's/^sub-//')
+    if [ "${#chunk[@]}" -eq 0 ]; then
+      if [ "$per" = 1 ]; then
+        echo "slurm_job.sh: no label number $SLURM_ARRAY_TASK_ID in $LABELS_FILE" >&2
+      else
+        echo "slurm_job.sh: no labels $first-$last (task $SLURM_ARRAY_TASK_ID of $per each) in $LABELS_FILE" >&2
+      fi
       exit 64
     fi
-    args+=(--participant-label "$label" --nprocs "$cpus" --omp-nthreads 1)
+    label="${chunk[*]}"
+    args+=(--participant-label "${chunk[@]}" --nprocs "$cpus" --omp-nthreads 1)
     ;;
   group)
     args+=(--nprocs "$cpus" --omp-nthreads 1)
@@ -77,7 +90,7 @@ case "$level" in
     ;;
 esac
 
-echo "semantoks: $level ${label:+sub-$label }on $(hostname), work dir $work" >&2
+echo "semantoks: $level ${label:+(participants $label) }on $(hostname), work dir $work" >&2
 status=0
 "$APPTAINER" run "${flags[@]}" "${binds[@]}" "$SIF" "${args[@]}" "$@" || status=$?
 exit "$status"

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Submit a whole bids_semantoks analysis to SLURM: one array task per participant, then one
-# group job that starts only when every participant task succeeded (and, with --pretrain, one
-# GPU pre-training job after them as well).
+# Submit a whole bids_semantoks analysis to SLURM: a job array whose tasks each process a chunk
+# of participants (one by default), then one group job that starts only when every participant
+# task succeeded (and, with --pretrain, one GPU pre-training job after them as well).
 #
-#   singularity/slurm_submit.sh [--labels FILE] [--data-dir DIR] [--max-parallel N] [--no-group]
-#       [--pretrain] [--group-arg ARG]... SIF BIDS_DIR OUT_DIR [-- bids_semantoks options for every level]
+#   singularity/slurm_submit.sh [--labels FILE] [--data-dir DIR] [--subjects-per-task N]
+#       [--max-parallel N] [--no-group] [--pretrain] [--group-arg ARG]...
+#       SIF BIDS_DIR OUT_DIR [-- bids_semantoks options for every level]
 #
 # Example:
 #   singularity/slurm_submit.sh --max-parallel 50 --group-arg --target --group-arg age \
 #       semantoks.sif /data/fmriprep /data/semantoks -- --denoise-strategy scrubbing
+# A cohort (40,000 participants: 400 tasks of 100, at most 100 running at once):
+#   singularity/slurm_submit.sh --subjects-per-task 100 --max-parallel 100 \
+#       semantoks.sif /data/ukb_fmriprep /data/semantoks
 #
+# --subjects-per-task N: task i runs participants (i-1)*N+1 .. i*N of the list in one app
+# call (--participant-label with N labels), so the array has ceil(count / N) tasks: keep it
+# under the cluster's MaxArraySize (often 1001) and give each task time for N participants.
 # Participant labels: --labels FILE (one per line, with or without "sub-"), else the
 # participant_id column of BIDS_DIR/participants.tsv, else the sub-* folders of BIDS_DIR.
 # Logs and the label list go to $LOG_DIR (default ./semantoks_logs). Resources: edit the #SBATCH
@@ -17,16 +24,17 @@
 # (e.g. SBATCH_OPTS="--account=abc --partition=cpu"). Each job runs slurm_job.sh; see there.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
 
 here=$(cd "$(dirname "$0")" && pwd)
-labels_file="" data_dir="" max_parallel="" group=1 pretrain=0
+labels_file="" data_dir="" max_parallel="" per_task=1 group=1 pretrain=0
 group_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --labels) labels_file=${2:?}; shift 2 ;;
     --data-dir) data_dir=${2:?}; shift 2 ;;
     --max-parallel) max_parallel=${2:?}; shift 2 ;;
+    --subjects-per-task) per_task=${2:?}; shift 2 ;;
     --no-group) group=0; shift ;;
     --pretrain) pretrain=1; shift ;;
     --group-arg) group_args+=("${2:?}"); shift 2 ;;
@@ -36,6 +44,9 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
+case "$per_task" in
+  ''|*[!0-9]*|0*) echo "slurm_submit.sh: --subjects-per-task takes a positive integer, not '$per_task'" >&2; exit 64 ;;
+esac
 [ $# -ge 3 ] || usage
 sif=$(realpath "$1") bids_dir=$(realpath "$2") out_dir=$(realpath -m "$3")
 shift 3
@@ -60,18 +71,19 @@ fi
 n=$(wc -l < "$list")
 [ "$n" -gt 0 ] || { echo "slurm_submit.sh: no participant labels found (see $list)" >&2; exit 18; }
 
-export SIF="$sif" BIDS_DIR="$bids_dir" OUT_DIR="$out_dir" LABELS_FILE="$list"
+tasks=$(( (n + per_task - 1) / per_task ))
+export SIF="$sif" BIDS_DIR="$bids_dir" OUT_DIR="$out_dir" LABELS_FILE="$list" SUBJECTS_PER_TASK="$per_task"
 if [ -n "$data_dir" ]; then
   DATA_DIR=$(realpath "$data_dir")
   export DATA_DIR
 fi
 read -r -a extra_sbatch <<< "${SBATCH_OPTS:-}"
-array="1-$n${max_parallel:+%$max_parallel}"
+array="1-$tasks${max_parallel:+%$max_parallel}"
 
 participants=$(sbatch --parsable "${extra_sbatch[@]}" --array="$array" --job-name=semantoks_participant \
   --output="$log_dir/%x_%A_%a.log" --export=ALL "$here/slurm_job.sh" participant "$@")
 participants=${participants%%;*}
-echo "participant level: job array $participants ($n tasks, labels in $list)"
+echo "participant level: job array $participants ($tasks tasks of up to $per_task of $n participants, labels in $list)"
 
 if [ "$group" = 1 ]; then
   group_job=$(sbatch --parsable "${extra_sbatch[@]}" --dependency="afterok:$participants" --job-name=semantoks_group \

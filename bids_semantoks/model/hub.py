@@ -228,6 +228,10 @@ def fetch_official(data_dir: str | Path | None = None) -> Path:
     if target.is_file() and _record_path(target).is_file():
         _verify(target)
         return target
+    if data_dir is None and os.environ.get("BIDS_SEMANTOKS_IMAGE_HAS_MODEL") == "0":  # image built WITH_MODEL=0
+        raise ModelNotAvailable(f"this container image carries no model weights (built with WITH_MODEL=0; {target} is absent): "
+                                "mount a data cache that holds them over its folder (filled with `python -m "
+                                "bids_semantoks.prefetch`), pass --model DIR (a model folder) or --model none")
     try:
         models.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

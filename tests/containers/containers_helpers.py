@@ -164,9 +164,30 @@ def global_arg_defaults(df: Dockerfile) -> dict[str, str]:
 class Step:
     stage: str
     line: int
-    command: str
+    command: str  # the shell command, without the RUN flags
     env: dict[str, str]
     workdir: str  # the image path; the caller maps it
+    mounts: list[dict[str, str]] = field(default_factory=list)  # RUN --mount=k=v,... flags
+
+    def secrets(self) -> list[str]:
+        """Ids of the build secrets this step mounts (at /run/secrets/<id>)."""
+        return [m["id"] for m in self.mounts if m.get("type") == "secret"]
+
+
+def run_flags(args: str) -> tuple[list[dict[str, str]], str]:
+    """Split ``RUN --mount=type=secret,id=x --network=none cmd`` into its mounts and the command."""
+    mounts = []
+    rest = args.lstrip()
+    while rest.startswith("--"):
+        flag, _, rest = rest.partition(" ")
+        rest = rest.lstrip()
+        if flag.startswith("--mount="):
+            opts = {}
+            for kv in flag[len("--mount="):].split(","):
+                k, _, v = kv.partition("=")
+                opts[k] = v
+            mounts.append(opts)
+    return mounts, rest
 
 
 def stage_env(df: Dockerfile, stage: str, base_env: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
@@ -210,7 +231,8 @@ def replay_steps(
                     if key in overrides:
                         args[key] = overrides[key]
                     elif default is None:
-                        args[key] = globals_.get(key, "")
+                        if key in globals_:  # else unset, as Docker leaves an ARG without a value
+                            args[key] = globals_[key]
                     else:
                         args[key] = expand(default, {**env, **args})
             elif ins.keyword == "ENV":
@@ -219,7 +241,8 @@ def replay_steps(
             elif ins.keyword == "WORKDIR":
                 workdir = expand(ins.args, {**env, **args})
             elif ins.keyword == "RUN" and ins.replay and st.name in stages:
-                steps.append(Step(st.name, ins.line, ins.args, {**args, **env}, workdir))
+                mounts, command = run_flags(ins.args)
+                steps.append(Step(st.name, ins.line, command, {**args, **env}, workdir, mounts))
         if st.name:
             envs[st.name] = env
             workdirs[st.name] = workdir

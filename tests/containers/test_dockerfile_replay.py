@@ -9,6 +9,8 @@ ARG/ENV values of their stage, in a copy of the build context filtered by .docke
 - ``TORCH_INDEX_URL`` (download.pytorch.org, not reachable here) is replaced by pip's
   default index, or by ``$BIDS_SEMANTOKS_REPLAY_TORCH_INDEX`` when set; pip's own
   configuration of the machine (find-links with the local torch wheel) applies as usual;
+- the build secrets (``RUN --mount=type=secret,id=X``, at /run/secrets/X) are files of a
+  temporary folder: ``ca_bundle`` the CA bundle pip uses here, ``pip_conf`` a harmless pip.conf;
 - ``WITH_MODEL=0`` (the weights are on the HuggingFace hub, not reachable here), and the
   atlases come from a real HTTP server on 127.0.0.1 serving ../shared/atlases
   (``BIDS_SEMANTOKS_ATLAS_MIRROR``), still checked against their pinned sha256.
@@ -106,13 +108,26 @@ def replayed():
         df = parse_dockerfile()
         steps = replay_steps(df, ["builder", "data"], base_env, overrides)
         assert len(steps) >= 3, "the Dockerfile lost its '# replay' RUN lines"
+        # build secrets (RUN --mount=type=secret,id=X at /run/secrets/X): the CA bundle pip
+        # uses here, and a pip.conf that changes nothing; their temporary copy is mapped too
+        secrets = root / "secrets"
+        secrets.mkdir()
+        ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
+        if ca.is_file():
+            shutil.copy(ca, secrets / "ca_bundle")
+        (secrets / "pip_conf").write_text("[global]\ntimeout = 120\n")
+        assert {s for st in steps for s in st.secrets()} == {"ca_bundle", "pip_conf"}
+        paths = {"/run/secrets/": f"{secrets}/", "/tmp/ca.pem": str(tmp / "ca.pem")}
         timings = {}
         with serve(SHARED_ATLASES) as mirror:
             for step in steps:
                 cwd = ctx if step.workdir == "/src" else wd
                 env = {**step.env, "BIDS_SEMANTOKS_ATLAS_MIRROR": mirror}
+                command = step.command
+                for image_path, here in paths.items():
+                    command = command.replace(image_path, here)
                 t0 = time.monotonic()
-                proc = _run(["/bin/sh", "-c", step.command], env=env, cwd=cwd, timeout=600)
+                proc = _run(["/bin/sh", "-c", command], env=env, cwd=cwd, timeout=600)
                 timings[f"{step.stage}:{step.line}"] = round(time.monotonic() - t0, 1)
                 assert proc.returncode == 0, (
                     f"Dockerfile line {step.line} ({step.stage}) failed with {proc.returncode}:\n"

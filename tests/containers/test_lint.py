@@ -113,3 +113,30 @@ def test_build_context_has_what_the_install_needs(tmp_path):
     assert package <= copied, sorted(package - copied)[:5]
     assert not any(c.startswith(("tests/", ".venv/", ".git/", "docs/", "benchmarks/")) for c in copied)
     assert not any("__pycache__" in c for c in copied)
+
+
+def test_every_download_of_the_build_can_be_pointed_at_a_mirror():
+    """Build arguments for the mirrors and secrets for pip, only in the build stages."""
+    df = parse_dockerfile()
+    args = {st.name: {k: v for i in st.all("ARG") for k, v in key_values(i.args)} for st in df.stages}
+    assert {"TORCH_INDEX_URL", "PIP_INDEX_URL"} <= set(args["builder"])
+    assert {"BIDS_SEMANTOKS_ATLAS_MIRROR", "HF_ENDPOINT"} <= set(args["data"])
+    # no default: an unset ARG leaves pip's and the app's own defaults alone
+    assert args["builder"]["PIP_INDEX_URL"] is None
+    assert args["data"]["BIDS_SEMANTOKS_ATLAS_MIRROR"] is None and args["data"]["HF_ENDPOINT"] is None
+    runtime_text = " ".join(i.args for i in df.stage("runtime").instructions)
+    for name in ("INDEX_URL", "ATLAS_MIRROR", "HF_ENDPOINT", "secret", "ca_bundle", "pip_conf"):
+        assert name not in runtime_text, f"{name} reaches the final stage"
+    downloads = [i for st in ("builder", "data") for i in df.stage(st).all("RUN")
+                 if "pip install" in i.args or "prefetch" in i.args]
+    assert len(downloads) == 3
+    for ins in downloads:
+        assert "--mount=type=secret,id=ca_bundle,required=false" in ins.args, f"line {ins.line}"
+        if "pip install" in ins.args:
+            assert "--mount=type=secret,id=pip_conf,required=false" in ins.args, f"line {ins.line}"
+    readme = (REPO_ROOT / "README.md").read_text()
+    header = DOCKERFILE.read_text().split("\nARG BASE_IMAGE")[0]
+    for name in ("TORCH_INDEX_URL", "PIP_INDEX_URL", "BIDS_SEMANTOKS_ATLAS_MIRROR", "HF_ENDPOINT", "WITH_MODEL",
+                 "id=ca_bundle", "id=pip_conf"):
+        assert f"`{name}" in readme or f"{name}," in readme, f"README's build-argument table lacks {name}"
+        assert name in header, f"the Dockerfile header lacks {name}"

@@ -73,16 +73,17 @@ def test_standalone_definition_matches_the_dockerfile():
     # the same install commands (build arguments spelled {{ X }} instead of ${X})
     replay = [i.args for st in ("builder", "data") for i in df.stage(st).all("RUN") if i.replay]
     normalised = re.sub(r"\{\{\s*(\w+)\s*\}\}", r"${\1}", post)
-    for cmd in ('python -m venv "${VIRTUAL_ENV}"', 'pip install --no-cache-dir "torch==${TORCH_VERSION}"',
-                "pip install --no-cache-dir .", 'python -m bids_semantoks.prefetch --data-dir "${BIDS_SEMANTOKS_DATA}"',
+    for cmd in ('python -m venv "${VIRTUAL_ENV}"', 'pip install --no-cache-dir --no-compile "torch==${TORCH_VERSION}"',
+                "pip install --no-cache-dir --no-compile .", 'python docker/slim_venv.py "${VIRTUAL_ENV}"',
+                'python -m bids_semantoks.prefetch --data-dir "${BIDS_SEMANTOKS_DATA}"',
                 "--skip-model"):
         assert any(cmd in r for r in replay), f"Dockerfile lost {cmd!r}"
         assert cmd in normalised, f"%post lacks {cmd!r}"
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in normalised
     # the runtime environment, except HOME (Apptainer sets the user's)
     runtime = {k: v for i in df.stage("runtime").all("ENV") for k, v in key_values(i.args)}
-    env = dict(re.findall(r"^\s*export (\w+)=(\S+)\s*$", sec["environment"], re.M))
-    env = {k: v.strip('"') for k, v in env.items()}
+    env = dict(re.findall(r"^\s*export (\w+)=(\{\{[^}]*\}\}|\S+)\s*$", sec["environment"], re.M))
+    env = {k: re.sub(r"\{\{\s*(\w+)\s*\}\}", r"${\1}", v.strip('"')) for k, v in env.items()}
     runtime.pop("HOME")
     # provenance of the container in dataset_description.json: the same image, another runtime
     assert runtime.pop("BIDS_SEMANTOKS_CONTAINER_TYPE") == "docker"
@@ -249,3 +250,77 @@ def test_scripts_are_executable():
     lines = (SING / "slurm_job.sh").read_text().splitlines()
     first_command = next(i for i, line in enumerate(lines[1:], 1) if line and not line.startswith("#"))
     assert all(i < first_command for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+
+
+def _big_dataset(tmp_path: Path, n: int) -> tuple[Path, Path, Path]:
+    bids = tmp_path / "cohort"
+    bids.mkdir()
+    rows = "".join(f"sub-{i:05d}\t{20 + i % 50}\n" for i in range(1, n + 1))
+    (bids / "participants.tsv").write_text("participant_id\tage\n" + rows)
+    sif = tmp_path / "semantoks.sif"
+    sif.write_bytes(b"")
+    return bids, tmp_path / "out", sif
+
+
+def test_subjects_per_task_makes_a_few_hundred_tasks_for_a_cohort(stubs, tmp_path):
+    """40,000 participants in chunks of 100: a 400-task array, and every label in exactly one task."""
+    env, log = stubs
+    n, per = 40_000, 100
+    bids, out, sif = _big_dataset(tmp_path, n)
+    proc = subprocess.run(
+        ["bash", str(SING / "slurm_submit.sh"), "--subjects-per-task", str(per), "--max-parallel", "50",
+         str(sif), str(bids), str(out), "--", "--model", "none"],
+        env={**env, "LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    part, group = _calls(log, "sbatch")
+    assert "--array=1-400%50" in part
+    assert "400 tasks" in proc.stdout
+    exported = dict(line.split("=", 1) for line in (log / "sbatch_1.env").read_text().splitlines() if "=" in line)
+    assert exported["SUBJECTS_PER_TASK"] == str(per)
+    labels = Path(exported["LABELS_FILE"])
+    job_env = {k: exported[k] for k in ("SIF", "BIDS_DIR", "OUT_DIR", "LABELS_FILE", "SUBJECTS_PER_TASK")}
+    seen = []
+    for task in (1, 2, 400):  # first, second and last chunk, each parsed by our CLI
+        proc = _run_job(env, "participant", task=task, WORK_ROOT=tmp_path, **job_env)
+        assert proc.returncode == 0, proc.stderr
+        _, _, app = _container_command(log)
+        ctx = cli.make_context("bids_semantoks", app)
+        chunk = list(ctx.params["participant_label"])
+        assert len(chunk) == per
+        seen.append(chunk)
+    assert seen[0][0] == "00001" and seen[0][-1] == "00100" and seen[1][0] == "00101"
+    assert seen[2][-1] == "40000" and seen[2][0] == "39901"
+    assert labels.read_text().split()[:3] == ["00001", "00002", "00003"]
+
+
+def test_subjects_per_task_last_chunk_is_partial_and_past_the_end_fails(stubs, tmp_path):
+    env, log = stubs
+    bids, out, sif = _big_dataset(tmp_path, 7)
+    proc = subprocess.run(["bash", str(SING / "slurm_submit.sh"), "--subjects-per-task", "3", "--no-group",
+                           str(sif), str(bids), str(out)],
+                          env={**env, "LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (part,) = _calls(log, "sbatch")
+    assert "--array=1-3" in part
+    labels = next((tmp_path / "logs").glob("participants_*.txt"))
+    common = dict(SIF=sif, BIDS_DIR=bids, OUT_DIR=out, LABELS_FILE=labels, SUBJECTS_PER_TASK=3, WORK_ROOT=tmp_path)
+    proc = _run_job(env, "participant", task=3, **common)
+    assert proc.returncode == 0, proc.stderr
+    ctx = cli.make_context("bids_semantoks", _container_command(log)[2])
+    assert ctx.params["participant_label"] == ("00007",)
+    (log / "apptainer.args").unlink()
+    proc = _run_job(env, "participant", task=4, **common)
+    assert proc.returncode == 64 and "no labels 10-12" in proc.stderr
+    assert not (log / "apptainer.args").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "ten", "07"])
+def test_subjects_per_task_must_be_a_positive_integer(stubs, tmp_path, value):
+    env, log = stubs
+    bids, out, sif = _dataset(tmp_path)
+    proc = subprocess.run(["bash", str(SING / "slurm_submit.sh"), "--subjects-per-task", value, str(sif), str(bids),
+                           str(out)], env={**env, "LOG_DIR": str(tmp_path / "logs")}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64, proc.stderr
+    assert not _calls(log, "sbatch")
