@@ -12,7 +12,7 @@ every column is z-scored.
 ``--as-outputs`` writes the same kind of series as participant-level outputs instead
 (``..._atlas-<A>_desc-none_timeseries.tsv``, already at TR 2 s and z-scored; no atlas table
 or dataset description) into an OUTPUT_DIR, so that ``pretrain`` reads them directly instead of extracting them first
-(``levels.collect_model_ready_runs``): that times the pre-training, not the extraction.
+(``workflows.pretrain.collect_model_ready_runs``): that times the pre-training, not the extraction.
 
 Files are written by ``--jobs`` processes (default: all cores). Nothing is downloaded.
 
