@@ -90,6 +90,19 @@ class RunInputs:
         )
 
 
+def is_derivative(desc: dict[str, Any]) -> bool:
+    """Whether a ``dataset_description.json`` describes a derivatives dataset.
+
+    BIDS >= 1.4 says so with ``DatasetType: derivative``; fMRIPrep 1.x (BIDS 1.1-1.3) wrote no
+    ``DatasetType`` but a ``PipelineDescription`` (later ``GeneratedBy``), which only derivatives
+    have. A description without ``DatasetType`` and without either is a raw dataset.
+    """
+    kind = desc.get("DatasetType")
+    if kind is not None:
+        return kind == "derivative"
+    return isinstance(desc.get("PipelineDescription"), dict) or bool(desc.get("GeneratedBy"))
+
+
 def check_dataset(bids_dir: Path, output_dir: Path, input_type: str) -> dict[str, Any]:
     """Check BIDS_DIR and OUTPUT_DIR before anything is indexed or written.
 
@@ -114,7 +127,7 @@ def check_dataset(bids_dir: Path, output_dir: Path, input_type: str) -> dict[str
         desc = json.loads(desc_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{desc_file}: invalid JSON ({exc}); fix or regenerate it") from exc
-    if input_type == "fmriprep" and desc.get("DatasetType", "raw") != "derivative":
+    if input_type == "fmriprep" and not is_derivative(desc):
         raise UsageError(
             f"{bids_dir}: this is a raw BIDS dataset; pass fMRIPrep's output folder "
             "(e.g. derivatives/fmriprep) as BIDS_DIR and the raw dataset with --derivatives raw=PATH"

@@ -189,6 +189,9 @@ def init_output_dataset(output_dir: Path, input_dir: Path, input_description: di
         desc_path = output_dir / "dataset_description.json"
         ours = generated_by()
         chain = [g for g in input_description.get("GeneratedBy", []) if isinstance(g, dict)]
+        legacy = input_description.get("PipelineDescription")  # fMRIPrep 1.x (BIDS < 1.4)
+        if not chain and isinstance(legacy, dict) and legacy.get("Name"):
+            chain = [{k: v for k, v in legacy.items() if k in ("Name", "Version", "CodeURL", "Description")}]
         desc = {
             "Name": "bids_semantoks derivatives",
             "BIDSVersion": "1.10.0",

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_semantoks.errors import DataError, MissingInputError, OutputError, UsageError
+from bids_semantoks.errors import DataError, MissingInputError, NothingSelectedError, OutputError, UsageError
 from bids_semantoks.probe import features as feat
 from bids_semantoks.probe.cv import outer_cv
 from bids_semantoks.probe.evaluate import CVResult, cross_validate, permutation_null, summarise_result
@@ -167,6 +167,24 @@ def _cohort(options, frame, available, target_name, skips):
     return target, labels, y, conf, grp
 
 
+
+def _check_labels(labels: list[str] | None, *folders: Path | None) -> None:
+    """``--participant-label`` values must name subjects that have outputs (or inputs, for
+    time-series datasets): an unknown label is a selection that matched nothing (18), not a
+    missing participant level."""
+    if not labels:
+        return
+    present = sorted({p.name[4:] for f in folders if f is not None and Path(f).is_dir()
+                      for p in Path(f).glob("sub-*") if p.is_dir()})
+    unknown = [lab for lab in labels if lab not in present]
+    if unknown and present:
+        shown = ", ".join(present[:20]) + (f", ... ({len(present)} in all)" if len(present) > 20 else "")
+        raise NothingSelectedError(
+            f"{folders[0]}: participant(s) {', '.join('sub-' + u for u in unknown)} have no participant-level "
+            f"outputs; available: {shown}; fix --participant-label"
+        )
+
+
 def run_group(
     options: GroupOptions,
     bids_dir: Path,
@@ -219,6 +237,7 @@ def run_group(
         columns = list(table.names)
         atlas = atlas or table.label
 
+    _check_labels(participant_labels, output_dir, bids_dir if input_type == "timeseries" else None)
     inputs = feat.discover(
         output_dir, bids_dir, input_type=input_type, atlas=atlas, model_label=options.model_label,
         timeseries_desc=options.timeseries_desc, participant_labels=participant_labels,

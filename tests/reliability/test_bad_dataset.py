@@ -49,6 +49,28 @@ def test_raw_dataset_instead_of_fmriprep(cli, tiny_bids, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_fmriprep_1x_description_without_dataset_type(cli, tiny_bids, tmp_path):
+    """fMRIPrep 1.x wrote no DatasetType (BIDS < 1.4) but a PipelineDescription: a derivative."""
+    (tiny_bids / "dataset_description.json").write_text(json.dumps({
+        "Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.1.1",
+        "PipelineDescription": {"Name": "fMRIPrep", "Version": "1.5.10", "CodeURL": "https://github.com/nipreps/fmriprep"},
+    }))
+    out = tmp_path / "out"
+    r = cli(tiny_bids, out, "participant", *M)
+    assert r.code == 0, r.message
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert [g["Name"] for g in desc["GeneratedBy"]] == ["bids_semantoks", "fMRIPrep"]
+    assert desc["GeneratedBy"][1]["Version"] == "1.5.10"
+
+
+def test_raw_description_without_dataset_type_is_refused(cli, tiny_bids, tmp_path):
+    """No DatasetType and no pipeline record: BIDS says raw."""
+    (tiny_bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.1.1"}))
+    r = cli(tiny_bids, tmp_path / "out", "participant", *M)
+    assert r.code == 64 and "raw BIDS dataset" in r.message
+    assert not (tmp_path / "out").exists()
+
+
 def test_derivative_without_preproc_bold(cli, tmp_path):
     """A derivatives dataset that is not fMRIPrep's (no desc-preproc_bold at all)."""
     bids = tmp_path / "other"

@@ -72,3 +72,14 @@ def test_target_not_in_any_table(cli, tmp_path):
     r = cli(ABIDE, tmp_path / "out", "group", "--target", "labell", "--phenotypes", pheno, *FAST)
     assert r.code == 64, r.err
     assert "labell" in r.message
+
+
+def test_unknown_participant_label_is_nothing_selected(cli, tmp_path):
+    """A label without outputs is a selection that matched nothing (18), naming what exists."""
+    pheno = _phenotypes(tmp_path / "pheno.tsv", label=["a", "b"] * 5)
+    out = tmp_path / "out"
+    args = [a for a in FAST if a not in SUBJECTS and a != "--participant-label"]
+    r = cli(ABIDE, out, "group", "--target", "label", "--phenotypes", pheno, *args, "--participant-label", "nosuch99")
+    assert r.code == 18, r.err
+    assert "sub-nosuch99" in r.message and SUBJECTS[0] in r.message and "--participant-label" in r.message
+    _no_results(out)
