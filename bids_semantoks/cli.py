@@ -139,6 +139,8 @@ def _key_values(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, show_default="auto")
 @click.option("--batch-size", type=int, default=None, help="Crops per forward pass (participant) or pre-training batch.")
 @click.option("--save-tokens", is_flag=True, default=None, help="Also write per-network token embeddings.")
+@click.option("--force-bandpass", is_flag=True, default=None,
+              help="Band-pass even a series whose sidecar says it is filtered already (e.g. XCP-D outputs).")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Data cache (atlases, model weights); default $BIDS_SEMANTOKS_DATA or ~/.cache/bids_semantoks.")
 # group level
@@ -198,7 +200,7 @@ def cli(bids_dir, output_dir, analysis_level, **opts):
         "bids_filters": read_filter_json(filter_file) if filter_file else None,
         **{k: opts[k] for k in ("space", "input_type", "atlas", "denoise_strategy", "fd_thresh", "min_time",
                                 "lower_bpf", "upper_bpf", "target_tr", "min_coverage", "model", "device",
-                                "save_tokens")},
+                                "save_tokens", "force_bandpass")},
         "batch_size": opts["batch_size"] if analysis_level == "participant" else None,
     }
     run = {k: opts[k] for k in ("work_dir", "bids_database_dir", "data_dir", "nprocs", "omp_nthreads",

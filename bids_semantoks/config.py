@@ -163,6 +163,9 @@ class ParticipantSettings(BaseModel):
     )
     lower_bpf: float = Field(0.01, ge=0, description="high-pass cut-off (Hz); 0 disables")
     upper_bpf: float = Field(0.1, ge=0, description="low-pass cut-off (Hz); 0 disables")
+    force_bandpass: bool = Field(
+        False, description="band-pass even a series whose sidecar says it is filtered already (e.g. XCP-D outputs)"
+    )
     target_tr: float = Field(
         2.0, ge=0.1, le=10.0,
         description="repetition time of the model input (s), 0.1-10; the released model was trained at 2.0",

@@ -206,6 +206,9 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
         signals = read_timeseries_tsv(run.bold, names)
         detrend = True  # already denoised upstream; a linear detrend is harmless and removes drifts
         filtered_by = already_filtered(getattr(run, "metadata", None) or {})
+        if filtered_by and st.get("force_bandpass"):
+            LOGGER.info("%s: filtered upstream (%s); band-passed again (--force-bandpass)", run.bold.name, filtered_by)
+            filtered_by = None
         outliers = outliers_file(run.bold, run.name)
         if outliers is not None:
             removed = _read_outliers(outliers, signals.shape[0], run.bold)

@@ -93,3 +93,30 @@ def test_cli_reads_xcpd_outliers(tmp_path):
     meta = json.loads(next(out.rglob("*_timeseries.json")).read_text())
     assert meta["VolumesRemovedUpstream"] == 6 and meta["NumberOfVolumes"] == n + 6
     assert meta["ContiguousSegments"] == [[0, 100], [100, n]]
+
+
+@pytest.mark.skipif(not ABIDE.is_dir(), reason="shared ABIDE data not available")
+def test_cli_does_not_filter_twice_unless_forced(tmp_path):
+    """Through the participant level (the job carries the input's sidecar to the extraction):
+    a series whose sidecar records XCP-D's band-pass is not filtered again; --force-bandpass does."""
+    root = tmp_path / "ts"
+    root.mkdir()
+    shutil.copy(ABIDE / "dataset_description.json", root)
+    shutil.copytree(ABIDE / "sub-50272", root / "sub-50272")
+    shutil.copytree(ABIDE / "atlas-CC200", tmp_path / "atlas-CC200")
+    for p in root.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    side = next((root / "sub-50272" / "func").glob("*_timeseries.json"))
+    meta = json.loads(side.read_text())
+    meta["SoftwareFilters"] = {"Bandpass filter": {"High-pass cutoff (Hz)": 0.01, "Low-pass cutoff (Hz)": 0.08}}
+    side.write_text(json.dumps(meta))
+    atlas = tmp_path / "atlas-CC200" / "atlas-CC200_dseg.tsv"
+    common = ("participant", "--input-type", "timeseries", "--atlas", atlas, "--model", "none")
+    out = tmp_path / "out"
+    assert run_cli(root, out, *common) == 0
+    written = json.loads(next(out.rglob("*_timeseries.json")).read_text())
+    assert written["HighPass"] is None and "SoftwareFilters" in written["BandPassSkipped"]
+    out2 = tmp_path / "out2"
+    assert run_cli(root, out2, *common, "--force-bandpass") == 0
+    forced = json.loads(next(out2.rglob("*_timeseries.json")).read_text())
+    assert forced["HighPass"] == 0.01 and forced["BandPassSkipped"] is None
