@@ -247,6 +247,9 @@ def _build_layout(bids_dir: Path, participant_labels: list[str] | None, ignore: 
         return BIDSLayout(bids_dir, indexer=indexer, **kwargs)
     import tempfile
 
+    if database_path is not None:  # left by a killed job (the caller holds the database's lock)
+        for stale in database_path.glob(".shadow-*"):
+            _remove_shadow(stale)
     shadow = Path(tempfile.mkdtemp(prefix=".shadow-", dir=database_path))
     try:
         try:
@@ -257,7 +260,7 @@ def _build_layout(bids_dir: Path, participant_labels: list[str] | None, ignore: 
             ignore = [*ignore, re.compile(rf"^/sub-(?!(?:{keep})(?:/|$))[^/]+")]
             indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
             return BIDSLayout(bids_dir, indexer=indexer, **kwargs)
-        indexer = _ShadowIndexer(shadow, bids_dir, validate=False, ignore=ignore, index_metadata=False)
+        indexer = _shadow_indexer(shadow, bids_dir, validate=False, ignore=ignore, index_metadata=False)
         layout = BIDSLayout(shadow, indexer=indexer, **kwargs)
         # the index reads as if BIDS_DIR itself had been indexed (root, relpath, reloads)
         session = layout.connection_manager.session
@@ -292,26 +295,20 @@ def _remove_shadow(shadow: Path) -> None:
     shutil.rmtree(shadow, ignore_errors=True)  # no link is left in it: only its own files
 
 
-def _shadow_indexer_class():
+def _shadow_indexer(shadow: Path, real_root: Path, **kwargs):
+    """A pybids indexer that walks ``shadow`` but records every file under ``real_root``.
+
+    The files keep their paths relative to the root, so pybids parses the same entities as
+    when ``real_root`` itself is indexed.
+    """
     from bids import BIDSLayoutIndexer
 
     class ShadowIndexer(BIDSLayoutIndexer):
-        """Indexes a shadow root but records every file under the real root."""
-
-        def __init__(self, shadow: Path, real_root: Path, **kwargs):
-            super().__init__(**kwargs)
-            self._shadow = str(shadow)
-            self._real_root = str(real_root)
-
         def _index_file(self, abs_fn, entities):
-            rel = os.path.relpath(str(abs_fn.path), self._shadow)
-            return super()._index_file(type(abs_fn)(os.path.join(self._real_root, rel)), entities)
+            rel = os.path.relpath(str(abs_fn.path), str(shadow))
+            return super()._index_file(type(abs_fn)(os.path.join(str(real_root), rel)), entities)
 
-    return ShadowIndexer
-
-
-def _ShadowIndexer(shadow: Path, real_root: Path, **kwargs):
-    return _shadow_indexer_class()(shadow, real_root, **kwargs)
+    return ShadowIndexer(**kwargs)
 
 
 def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
