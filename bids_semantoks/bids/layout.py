@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,14 +182,17 @@ def index(
 ):
     """Index BIDS_DIR with pybids, without validation.
 
-    Only the selected subjects are indexed (every other ``sub-*`` folder is ignored), so one
-    subject of a 1000-subject dataset indexes as fast as a one-subject dataset. The
-    database is kept in ``database_dir`` (one per selection) and reused only while the
-    dataset's file list is unchanged (:func:`dataset_fingerprint`): a subject added or
-    deleted since rebuilds it. Jobs sharing the database folder take turns (a file lock), so
-    two jobs on one work dir never write one sqlite file at once.
+    Only the selected subjects are indexed, so one subject of a 1000-subject dataset indexes
+    as fast as a one-subject dataset: pybids indexes a "shadow" root (a temporary folder of
+    symbolic links to the top-level entries of BIDS_DIR and to the selected ``sub-*`` folders
+    only, so the other subjects are never listed), then every path in the index, and the
+    layout's root, are those in BIDS_DIR itself, as if BIDS_DIR had been indexed; the shadow
+    is removed at once and nothing is written into BIDS_DIR. The database is kept in
+    ``database_dir`` (one per selection) and reused only while the dataset's file list is
+    unchanged (:func:`dataset_fingerprint`): a subject added or deleted since rebuilds it.
+    Jobs sharing the database folder take turns (a file lock), so two jobs on one work dir
+    never write one sqlite file at once.
     """
-    from bids import BIDSLayout, BIDSLayoutIndexer
     from filelock import FileLock
 
     bids_dir = bids_dir.resolve()
@@ -197,20 +201,15 @@ def index(
         d = Path(d).resolve()
         if bids_dir in d.parents:
             ignore.append(re.compile("^/" + re.escape(str(d.relative_to(bids_dir))) + "(/|$)"))
-    if participant_labels:
-        keep = "|".join(re.escape(lab) for lab in participant_labels)
-        ignore.append(re.compile(rf"^/sub-(?!(?:{keep})(?:/|$))[^/]+"))
     database_path = None
     if database_dir is not None:
         key = hashlib.sha256(
             json.dumps([str(bids_dir), sorted(participant_labels or [])]).encode()
         ).hexdigest()[:12]
         database_path = Path(database_dir) / f"bids_db_{key}"
-    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
     try:
         if database_path is None:
-            return BIDSLayout(bids_dir, validate=False, is_derivative=True, config=["bids", "derivatives"],
-                              indexer=indexer)
+            return _build_layout(bids_dir, participant_labels, ignore, None, False)
         database_path.mkdir(parents=True, exist_ok=True)
         with FileLock(str(database_path / ".lock")):
             # reused only when its build finished (a killed job leaves a partial index) and the
@@ -218,19 +217,15 @@ def index(
             complete = database_path / ".complete"
             fingerprint = dataset_fingerprint(bids_dir, participant_labels)
             stored = complete.read_text().strip() if complete.is_file() else None
-            reset = stored != fingerprint and (database_path / "layout_index.sqlite").exists()
+            exists = (database_path / "layout_index.sqlite").exists()
+            reset = stored != fingerprint and exists
             if reset:
                 complete.unlink(missing_ok=True)
                 LOGGER.info("%s: the dataset changed since it was indexed; indexing it again", bids_dir)
-            layout = BIDSLayout(
-                bids_dir,
-                validate=False,
-                is_derivative=True,
-                config=["bids", "derivatives"],
-                indexer=indexer,
-                database_path=database_path,
-                reset_database=reset,
-            )
+            if exists and not reset:
+                layout = _load_layout(database_path)
+            else:
+                layout = _build_layout(bids_dir, participant_labels, ignore, database_path, reset)
             if stored != fingerprint:
                 complete.write_text(fingerprint + "\n")
             return layout
@@ -244,6 +239,89 @@ def index(
                 "free space or choose a writable --work-dir / --bids-database-dir"
             ) from exc
         raise DataError(f"{bids_dir}: pybids could not index the dataset ({text[:300]})") from exc
+
+
+def _load_layout(database_path: Path):
+    """A layout read back from its database (no indexing)."""
+    from bids import BIDSLayout
+
+    return BIDSLayout(None, validate=False, is_derivative=True, database_path=database_path)
+
+
+def _build_layout(bids_dir: Path, participant_labels: list[str] | None, ignore: list[Any],
+                  database_path: Path | None, reset: bool):
+    """Index ``bids_dir`` (all of it, or only the selected subjects through a shadow root)."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    kwargs = dict(validate=False, is_derivative=True, config=["bids", "derivatives"],
+                  database_path=database_path, reset_database=reset)
+    if not participant_labels:
+        indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
+        return BIDSLayout(bids_dir, indexer=indexer, **kwargs)
+    import tempfile
+
+    if database_path is not None:  # left by a killed job (the caller holds the database's lock)
+        for stale in database_path.glob(".shadow-*"):
+            _remove_shadow(stale)
+    shadow = Path(tempfile.mkdtemp(prefix=".shadow-", dir=database_path))
+    try:
+        try:
+            _fill_shadow(shadow, bids_dir, participant_labels)
+        except OSError as exc:  # no symbolic links here: every other sub-* folder ignored instead
+            LOGGER.debug("%s: no shadow root (%s); indexing BIDS_DIR with an ignore list", shadow, exc)
+            keep = "|".join(re.escape(lab) for lab in participant_labels)
+            ignore = [*ignore, re.compile(rf"^/sub-(?!(?:{keep})(?:/|$))[^/]+")]
+            indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
+            return BIDSLayout(bids_dir, indexer=indexer, **kwargs)
+        indexer = _shadow_indexer(shadow, bids_dir, validate=False, ignore=ignore, index_metadata=False)
+        layout = BIDSLayout(shadow, indexer=indexer, **kwargs)
+        # the index reads as if BIDS_DIR itself had been indexed (root, relpath, reloads)
+        session = layout.connection_manager.session
+        info = session.query(type(layout.connection_manager.layout_info)).first()
+        info.root = str(bids_dir)
+        session.commit()
+        layout._root = type(layout._root)(bids_dir)
+        return layout
+    finally:
+        _remove_shadow(shadow)
+
+
+def _fill_shadow(shadow: Path, bids_dir: Path, participant_labels: list[str]) -> None:
+    """Symbolic links in ``shadow`` to every top-level entry of ``bids_dir`` except the
+    ``sub-*`` folders of subjects not selected."""
+    wanted = {f"sub-{lab}" for lab in participant_labels}
+    with os.scandir(bids_dir) as it:
+        for entry in it:
+            if entry.name.startswith("sub-") and entry.name not in wanted and entry.is_dir():
+                continue
+            os.symlink(entry.path, shadow / entry.name)
+
+
+def _remove_shadow(shadow: Path) -> None:
+    """Remove the shadow root: its links only, never what they point to."""
+    if not shadow.is_dir():
+        return
+    with os.scandir(shadow) as it:
+        for entry in it:
+            if entry.is_symlink():
+                os.unlink(entry.path)
+    shutil.rmtree(shadow, ignore_errors=True)  # no link is left in it: only its own files
+
+
+def _shadow_indexer(shadow: Path, real_root: Path, **kwargs):
+    """A pybids indexer that walks ``shadow`` but records every file under ``real_root``.
+
+    The files keep their paths relative to the root, so pybids parses the same entities as
+    when ``real_root`` itself is indexed.
+    """
+    from bids import BIDSLayoutIndexer
+
+    class ShadowIndexer(BIDSLayoutIndexer):
+        def _index_file(self, abs_fn, entities):
+            rel = os.path.relpath(str(abs_fn.path), str(shadow))
+            return super()._index_file(type(abs_fn)(os.path.join(str(real_root), rel)), entities)
+
+    return ShadowIndexer(**kwargs)
 
 
 def read_filter_file(path: Path) -> dict[str, dict[str, Any]]:
