@@ -70,7 +70,8 @@ def resolve_model(settings: Settings, cache_dir: Path | None = None) -> ModelInf
     No encoder is built here (and, for a model file or folder, torch is not imported), so a
     rerun with nothing to do stays cheap and a pool of processes can still be forked; whether
     the model fits the atlas is checked by :func:`load_checked_encoder` when some run needs
-    embedding. The sha256 of a file is remembered in ``cache_dir`` by (path, size, mtime).
+    embedding. The sha256 of a file is remembered in ``cache_dir`` (when it exists) by (path,
+    size, mtime).
     """
     spec = settings.participant.model
     if spec.lower() == "none":
@@ -108,7 +109,7 @@ def sha256_cached(path: Path, cache_dir: Path | None) -> str:
     """sha256 of ``path``, remembered in ``cache_dir/model_sha256.json`` by (path, size, mtime_ns)."""
     st = path.stat()
     key = [str(path), st.st_size, st.st_mtime_ns]
-    record = Path(cache_dir, "model_sha256.json") if cache_dir else None
+    record = Path(cache_dir, "model_sha256.json") if cache_dir and Path(cache_dir).is_dir() else None
     known: list = []
     if record is not None:
         try:

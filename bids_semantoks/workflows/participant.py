@@ -65,14 +65,14 @@ def run_participant(settings: Settings) -> None:
     check_output_dir(settings.output_dir)
     # 2. atlas and the model's identity (the encoder is loaded only when a run needs it)
     resolved, atlas = resolve_atlas(settings)
-    check_output_dir(wdir, "the work directory (-w)")
     nprocs = settings.run.nprocs
     pool = None
     if nprocs > 1 and st.model.lower() != "none":
         # the workers are forked before anything here imports torch; each loads the encoder once
         pool = runner.WorkerPool(nprocs, settings.run.verbose)
     try:
-        model = resolve_model(settings, cache_dir=wdir)
+        model = resolve_model(settings, cache_dir=wdir)  # a missing model fails before anything is written
+        check_output_dir(wdir, "the work directory (-w)")
         _run(settings, input_desc, wdir, resolved, atlas, model, pool)
     finally:
         if pool is not None:
