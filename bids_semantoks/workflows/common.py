@@ -9,12 +9,13 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bids_semantoks.bids import outputs
 from bids_semantoks.config import Settings
-from bids_semantoks.errors import DataError, MissingInputError, OutputError, UsageError
+from bids_semantoks.errors import BidsAppError, DataError, MissingInputError, OutputError, UsageError
 from bids_semantoks.workflows.jobs import AtlasInfo, ModelInfo
 
 LOGGER = logging.getLogger("bids_semantoks")
@@ -63,22 +64,24 @@ def _sha256(path: Path) -> str:
 
 
 # -- model ---------------------------------------------------------------------------
-def resolve_model(settings: Settings, atlas: AtlasInfo) -> tuple[ModelInfo | None, Any]:
-    """Find the model, check it fits the atlas; its description (for provenance) and the loaded
-    encoder (reused by the participant level when it runs in this process)."""
+def resolve_model(settings: Settings, cache_dir: Path | None = None) -> ModelInfo | None:
+    """Find the model and its identity (label, source, sha256): what the up-to-date keys need.
+
+    No encoder is built here (and, for a model file or folder, torch is not imported), so a
+    rerun with nothing to do stays cheap and a pool of processes can still be forked; whether
+    the model fits the atlas is checked by :func:`load_checked_encoder` when some run needs
+    embedding. The sha256 of a file is remembered in ``cache_dir`` (when it exists) by (path,
+    size, mtime).
+    """
     spec = settings.participant.model
     if spec.lower() == "none":
-        return None, None
-    import numpy as np
-    import torch
-
-    from bids_semantoks.model import load_encoder
-    from bids_semantoks.model.hub import official_provenance
-
+        return None
     data_dir = settings.run.data_dir
     if spec == "official":  # label "official" only for bytes shown to be the release (model/hub.py)
+        from bids_semantoks.model.hub import official_provenance
+
         prov = official_provenance(data_dir)
-        path, label, source, is_demo = Path(prov.path), prov.label, prov.source, False
+        path, label, source, is_demo, sha = Path(prov.path), prov.label, prov.source, False, prov.sha256
     else:
         path = Path(spec).expanduser().resolve()
         if not path.exists():
@@ -93,7 +96,64 @@ def resolve_model(settings: Settings, atlas: AtlasInfo) -> tuple[ModelInfo | Non
                                 "copy the model folder again") from None
         is_demo = bool(meta.get("metadata", {}).get("demo", False) or meta.get("demo", False))
         label = outputs.sanitize_label(path.name if path.is_dir() else path.stem)
-    encoder = load_encoder(path, network_map=np.asarray(atlas.channel_networks), data_dir=data_dir)
+        weights = path if path.is_file() else path / "model.safetensors"
+        if not weights.is_file():
+            raise MissingInputError(f"{weights}: model weights not found; copy the model folder again "
+                                    "or pass a checkpoint file")
+        sha = sha256_cached(weights, cache_dir)
+    return ModelInfo(label=label, path=str(path), source=source, sha256=sha, is_demo=is_demo,
+                     device=settings.participant.device, data_dir=str(data_dir) if data_dir else None)
+
+
+def sha256_cached(path: Path, cache_dir: Path | None) -> str:
+    """sha256 of ``path``, remembered in ``cache_dir/model_sha256.json`` by (path, size, mtime_ns)."""
+    st = path.stat()
+    key = [str(path), st.st_size, st.st_mtime_ns]
+    record = Path(cache_dir, "model_sha256.json") if cache_dir and Path(cache_dir).is_dir() else None
+    known: list = []
+    if record is not None:
+        try:
+            known = json.loads(record.read_text())
+        except (OSError, ValueError):
+            known = []
+        for entry in known if isinstance(known, list) else []:
+            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
+                return entry["sha256"]
+    sha = _sha256(path)
+    if record is not None:
+        keep = [e for e in known if isinstance(e, dict) and isinstance(e.get("key"), list)
+                and e["key"][:1] != key[:1]][-15:] if isinstance(known, list) else []
+        try:
+            outputs.write_text(record, json.dumps(keep + [{"key": key, "sha256": sha}]) + "\n")
+        except (OSError, BidsAppError):
+            pass  # a cache only
+    return sha
+
+
+def load_checked_encoder(model: ModelInfo, atlas: AtlasInfo, threads: int | None = None) -> tuple[ModelInfo, Any]:
+    """Load the encoder and check it fits the atlas; the model with its device resolved, and the
+    encoder in eval mode on that device.
+
+    Raises
+    ------
+    UsageError
+        The model was trained for another number of regions or network grouping (exit 64), or
+        ``--device cuda`` without a CUDA device.
+    """
+    import numpy as np
+    import torch
+
+    from bids_semantoks.model import load_encoder
+
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    path = Path(model.path)
+    device = model.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    encoder = load_encoder(path, network_map=np.asarray(atlas.channel_networks), data_dir=model.data_dir)
     n_channels = len(encoder.config.channel_networks)
     if n_channels != len(atlas.names):
         raise UsageError(
@@ -105,17 +165,9 @@ def resolve_model(settings: Settings, atlas: AtlasInfo) -> tuple[ModelInfo | Non
             f"{path}: the model's network grouping differs from atlas '{atlas.label}'; "
             "use the atlas the model was trained with"
         )
-    device = settings.participant.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    sha = _sha256(path) if path.is_file() else _sha256(path / "model.safetensors")
-    if is_demo:
-        LOGGER.warning("model %s is a DEMO model with random weights: its embeddings mean nothing", label)
-    info = ModelInfo(label=label, path=str(path), source=source, sha256=sha, is_demo=is_demo, device=device,
-                     data_dir=str(data_dir) if data_dir else None)
-    return info, encoder
+    if model.is_demo:
+        LOGGER.warning("model %s is a DEMO model with random weights: its embeddings mean nothing", model.label)
+    return replace(model, device=device), encoder.to(device).eval()
 
 
 def check_output_dir(output_dir: Path, what: str = "OUTPUT_DIR") -> None:

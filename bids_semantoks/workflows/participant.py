@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bids_semantoks import __version__
@@ -33,6 +34,7 @@ from bids_semantoks.workflows import runner
 from bids_semantoks.workflows.common import (
     check_output_dir,
     citation,
+    load_checked_encoder,
     resolve_atlas,
     resolve_model,
     work_dir,
@@ -61,10 +63,25 @@ def run_participant(settings: Settings) -> None:
     bids_layout.check_not_inside(settings.bids_dir, wdir, "the work directory (-w)")
     bids_layout.check_not_inside(settings.bids_dir, settings.run.bids_database_dir, "--bids-database-dir")
     check_output_dir(settings.output_dir)
-    # 2. atlas and model: a missing model fails before anything is written
+    # 2. atlas and the model's identity (the encoder is loaded only when a run needs it)
     resolved, atlas = resolve_atlas(settings)
-    model, encoder = resolve_model(settings, atlas)
-    check_output_dir(wdir, "the work directory (-w)")
+    nprocs = settings.run.nprocs
+    pool = None
+    if nprocs > 1 and st.model.lower() != "none":
+        # the workers are forked before anything here imports torch; each loads the encoder once
+        pool = runner.WorkerPool(nprocs, settings.run.verbose)
+    try:
+        model = resolve_model(settings, cache_dir=wdir)  # a missing model fails before anything is written
+        check_output_dir(wdir, "the work directory (-w)")
+        _run(settings, input_desc, wdir, resolved, atlas, model, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(settings: Settings, input_desc, wdir: Path, resolved, atlas, model, pool) -> None:
+    st = settings.participant
+    nprocs = settings.run.nprocs
     # 3. discovery: the dataset as it is now
     layout = bids_layout.index(
         settings.bids_dir,
@@ -85,10 +102,24 @@ def run_participant(settings: Settings) -> None:
     room = runner_room(wdir)
     if room:
         raise OutputError(f"{wdir}: cannot write the work directory ({room}); free space or choose another --work-dir")
-    # 4. the output dataset and each subject's record of the settings
+    # 4. plan: keys of every output (from the model's identity); inputs that cannot be read fail here, alone
+    ctx = make_context(settings, atlas, model)
+    subjects, unreadable = plan(runs, ctx)
+    failed += unreadable
+    states = {id(s): runner.state(ctx, s) for s in subjects}
+    # 5. the model is loaded and checked against the atlas only when some run needs embedding,
+    # and before anything is written (a model for another atlas fails with its one-line error)
+    encoder = None
+    if model is not None and any(states[id(s)][1] for s in subjects):
+        if pool is not None:
+            model = pool.check_model(ctx)
+        else:
+            model, encoder = load_checked_encoder(model, atlas, settings.run.omp_nthreads)
+        ctx = replace(ctx, model=model)
+    # 6. the output dataset and each subject's record of the settings
     outputs.init_output_dataset(settings.output_dir, settings.bids_dir, input_desc, citation=citation(resolved, model))
     unwritable: set[str] = set()
-    for subject in sorted({r.subject for r in runs}):
+    for subject in sorted({s.subject for s in subjects}):
         outputs.remove_stale_temporaries(Path(settings.output_dir, f"sub-{subject}"), recursive=True)  # killed jobs
         try:
             outputs.write_text_if_changed(
@@ -96,32 +127,28 @@ def run_participant(settings: Settings) -> None:
                 settings.to_json() + "\n")
         except OutputError as exc:  # this subject's folder cannot be written: the others go on
             unwritable.add(subject)
-            failed += [RunResult(r.name, subject, "failed", str(exc), exc.code) for r in runs if r.subject == subject]
-    runs = [r for r in runs if r.subject not in unwritable]
-    # 5. plan: keys of every output; inputs that cannot be read fail here, alone
-    ctx = make_context(settings, atlas, model)
-    subjects, unreadable = plan(runs, ctx)
-    failed += unreadable
-    # 6. skip what is up to date, process the rest
+            failed += [RunResult(j.name, subject, "failed", str(exc), exc.code)
+                       for s in subjects if s.subject == subject for j in s.runs]
+    subjects = [s for s in subjects if s.subject not in unwritable]
+    # 7. skip what is up to date, process the rest
     report = _Report(total=len(failed) + sum(len(s.runs) for s in subjects))
     for res in failed:
         report.add(res)
     todo = []
     for subject in subjects:
-        to_extract, to_embed, dropped, need_mean = runner.state(ctx, subject)
+        to_extract, to_embed, dropped, need_mean = states[id(subject)]
         if to_extract or to_embed or need_mean or not report_path(ctx.output_dir, subject.subject).is_file():
             todo.append(subject)
             continue
         for job in subject.runs:
             report.add(RunResult(job.name, subject.subject, "dropped" if job.name in dropped else "current",
                                  dropped.get(job.name, "")))
-    nprocs = settings.run.nprocs
     units = make_units(todo, nprocs, st.batch_size)
     if units:
         LOGGER.info("%d subject(s) to process in %d unit(s) with %d process(es)", len(todo), len(units), nprocs)
     try:
         with report.live():
-            runner.run_units(ctx, units, nprocs, report.add, encoder=encoder if nprocs <= 1 else None)
+            runner.run_units(ctx, units, nprocs, report.add, encoder=encoder, pool=pool)
     except KeyboardInterrupt:
         note("interrupted: %d of %d run(s) finished; files being written were removed; rerun the same command "
              "to continue (exit 130)", report.finished, report.total)

@@ -5,9 +5,9 @@ so a subject's mean is made where its runs are). Per unit: take the subjects' lo
 every run that is not up to date (one bad run fails alone, with its one-line reason), embed
 the runs of the whole unit in shared encoder batches, then write the subject means.
 
-With ``--nprocs N`` > 1 the units go to N worker processes (forked, or spawned once torch is
-loaded: no fork of a process that holds torch threads); each worker loads the encoder once
-and keeps it. No polling:
+With ``--nprocs N`` > 1 the units go to N worker processes (forked before this process imports
+torch, or spawned once torch is loaded: no fork of a process that holds torch threads); each
+worker loads the encoder once, on its first run to embed, and keeps it. No polling:
 the main process waits on the futures. Ctrl-C: the workers are stopped (a file being written
 is removed by its atomic writer), nothing is recorded as a crash, and the level exits 130.
 """
@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -242,19 +243,12 @@ def _extract(ctx: Context, subject: SubjectJob, job: RunJob) -> RunResult:
 
 
 def _encoder():
-    """The encoder of this process, loaded on first use."""
+    """The encoder of this process, loaded (and checked against the atlas) on first use."""
     global _ENCODER
     if _ENCODER is None:
-        import numpy as np
-        import torch
+        from bids_semantoks.workflows.common import load_checked_encoder
 
-        from bids_semantoks.model import load_encoder
-
-        ctx = _CTX
-        torch.set_num_threads(max(1, int(ctx.omp_nthreads)))
-        enc = load_encoder(ctx.model.path, network_map=np.asarray(ctx.atlas.channel_networks),
-                           data_dir=ctx.model.data_dir)
-        _ENCODER = enc.to(ctx.model.device).eval()
+        _, _ENCODER = load_checked_encoder(_CTX.model, _CTX.atlas, _CTX.omp_nthreads)
     return _ENCODER
 
 
@@ -313,7 +307,7 @@ def _mean(ctx: Context, subject: SubjectJob, results: dict[str, RunResult]) -> N
 
 
 # -- processes --------------------------------------------------------------------------------
-def init_process(ctx: Context, encoder: Any = None, worker: bool = False) -> None:
+def init_process(ctx: Context | None, encoder: Any = None, worker: bool = False, verbose: int = 0) -> None:
     """Set this process's context (and encoder, when the caller already loaded it)."""
     global _CTX, _ENCODER
     _CTX = ctx
@@ -321,7 +315,7 @@ def init_process(ctx: Context, encoder: Any = None, worker: bool = False) -> Non
     if worker:
         from bids_semantoks.console import setup_logging
 
-        setup_logging(ctx.verbose)
+        setup_logging(ctx.verbose if ctx is not None else verbose)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops us
         signal.signal(signal.SIGTERM, _on_term)
 
@@ -332,33 +326,102 @@ def _on_term(signum, frame):
     os._exit(130)
 
 
-def _in_worker(subjects: list[SubjectJob]) -> list[RunResult]:
+def _use(ctx: Context) -> None:
+    """Take the context of this task (the encoder is kept while the model stays the same)."""
+    global _CTX, _ENCODER
+    if _CTX is None or _CTX.model != ctx.model or _CTX.atlas != ctx.atlas:
+        _ENCODER = None
+    _CTX = ctx
+
+
+def _in_worker(ctx: Context, subjects: list[SubjectJob]) -> list[RunResult]:
+    _use(ctx)
     try:
         return process_unit(subjects)
     except KeyboardInterrupt:
         os._exit(130)
 
 
+def _noop() -> int:
+    return os.getpid()
+
+
+def _check_in_worker(ctx: Context):
+    """Load the encoder in this worker (kept for its units) and check it fits the atlas."""
+    global _CTX, _ENCODER
+    from bids_semantoks.workflows.common import load_checked_encoder
+
+    try:
+        model, encoder = load_checked_encoder(ctx.model, ctx.atlas, ctx.omp_nthreads)
+    except BidsAppError as exc:
+        return None, str(exc), exc.code
+    except KeyboardInterrupt:
+        os._exit(130)
+    _CTX, _ENCODER = replace(ctx, model=model), encoder
+    return model, "", 0
+
+
+class WorkerPool:
+    """N worker processes, started at once.
+
+    Forked (the workers inherit the imports) when this process has not imported torch: fork is
+    unsafe once torch runs its threads, so the participant level starts the pool before anything
+    imports torch, and the encoder is then loaded in the workers only (once each). Spawned when
+    torch is already loaded here (or on macOS).
+    """
+
+    def __init__(self, nprocs: int, verbose: int = 0):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.method = "spawn" if "torch" in sys.modules or sys.platform == "darwin" else "fork"
+        self.nprocs = nprocs
+        self.executor = ProcessPoolExecutor(max_workers=nprocs, mp_context=multiprocessing.get_context(self.method),
+                                            initializer=init_process, initargs=(None, None, True, verbose))
+        self._closed = False
+        if self.method == "fork":
+            self.executor.submit(_noop).result()  # fork every worker now, before torch is imported here
+
+    def check_model(self, ctx: Context):
+        """The model with its device resolved, checked in one worker (which keeps the encoder).
+
+        Raises
+        ------
+        BidsAppError
+            The model does not fit the atlas (or cannot be loaded): its one-line error.
+        """
+        model, message, code = self.executor.submit(_check_in_worker, ctx).result()
+        if model is None:
+            raise BidsAppError(message, code=code)
+        return model
+
+    def close(self) -> None:
+        """Stop the workers now: each removes the file it was writing, then exits."""
+        if not self._closed:
+            self._closed = True
+            _stop(self.executor)
+
+
 def run_units(ctx: Context, units: list[list[SubjectJob]], nprocs: int, on_result: Callable[[RunResult], None],
-              encoder: Any = None) -> None:
-    """Process every unit; call ``on_result`` for each run as its unit completes."""
+              encoder: Any = None, pool: WorkerPool | None = None) -> None:
+    """Process every unit; call ``on_result`` for each run as its unit completes.
+
+    With ``pool`` (or ``nprocs`` > 1 and several units) the units go to worker processes.
+    """
     if not units:
         return
-    if nprocs <= 1 or len(units) == 1:
+    if pool is None and (nprocs <= 1 or len(units) == 1):
         init_process(ctx, encoder)
         for unit in units:
             for res in process_unit(unit):
                 on_result(res)
         return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    # fork is cheapest (the workers inherit the imports) but unsafe once torch has started its
-    # threads: then the workers are spawned, and each loads the encoder once
-    method = "spawn" if "torch" in sys.modules or sys.platform == "darwin" else "fork"
-    pool = ProcessPoolExecutor(max_workers=min(nprocs, len(units)), mp_context=multiprocessing.get_context(method),
-                               initializer=init_process, initargs=(ctx, None, True))
-    pending = {pool.submit(_in_worker, unit): unit for unit in units}
+    own = pool is None
+    if pool is None:
+        pool = WorkerPool(min(nprocs, len(units)), ctx.verbose)
+    pending = {pool.executor.submit(_in_worker, ctx, unit): unit for unit in units}
     try:
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -374,7 +437,8 @@ def run_units(ctx: Context, units: list[list[SubjectJob]], nprocs: int, on_resul
                 for res in results:
                     on_result(res)
     finally:
-        _stop(pool)  # all done (or interrupted): idle workers exit at once, busy ones clean up first
+        if own:
+            pool.close()  # all done (or interrupted): idle workers exit at once, busy ones clean up first
 
 
 def _stop(pool) -> None:
