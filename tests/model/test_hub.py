@@ -163,16 +163,14 @@ def test_hand_placed_file_is_never_labelled_official(tmp_path, monkeypatch, pari
 def test_resolve_model_labels_a_hand_placed_checkpoint_userplaced(tmp_path, monkeypatch, parity_dir):
     """The participant level's model label (desc-<label> in output names) follows the provenance."""
     from bids_semantoks.config import RunSettings, Settings
-    from bids_semantoks.workflows.common import resolve_atlas, resolve_model
+    from bids_semantoks.workflows.common import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _place(tmp_path / "data", (parity_dir / "checkpoint.pth").read_bytes())
     settings = Settings(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant",
                         run=RunSettings(data_dir=tmp_path / "data"))
     settings.participant.device = "cpu"
-    settings.participant.input_type = "timeseries"  # the default table only: no atlas image needed
-    _, atlas = resolve_atlas(settings)
-    model, _ = resolve_model(settings, atlas)
+    model = resolve_model(settings)
     assert model.label == USERPLACED_LABEL != OFFICIAL_LABEL
     assert model.source.startswith("user-placed:")
 
