@@ -40,9 +40,26 @@ def crop_starts(n_samples: int, n_crops: int = 8, window: int = WINDOW) -> np.nd
     return np.unique(starts)
 
 
-def make_crops(data: np.ndarray, n_crops: int = 8, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Cut ``data`` [T, C] into crops [n, C, window] (zero padded at the end if short)."""
+def make_crops(data: np.ndarray, n_crops: int = 8, window: int = WINDOW,
+               segments: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Cut ``data`` [T, C] into crops [n, C, window] (zero padded at the end if short).
+
+    ``segments``: the ``[start, stop)`` rows that are contiguous in time (the time-series
+    sidecar's ``ContiguousSegments``, after censoring or volumes removed upstream). With more
+    than one, no crop spans two of them (:func:`~bids_semantoks.extract.signal.crop_starts_in_segments`);
+    when none is a window long, the longest segment alone is one zero-padded crop.
+    """
     n_samples, n_channels = data.shape
+    if segments is not None and len(segments) > 1:
+        from bids_semantoks.extract.signal import crop_starts_in_segments
+
+        starts, fallback = crop_starts_in_segments(segments, n_crops, window)
+        if len(starts):
+            return np.stack([data[s: s + window].T for s in starts]).astype(np.float32), starts, False
+        a, b = fallback if fallback is not None else (0, min(n_samples, window))
+        x = np.zeros((1, n_channels, window), dtype=np.float32)
+        x[0, :, : b - a] = data[a:b].T
+        return x, np.array([a]), True
     starts = crop_starts(n_samples, n_crops, window)
     padded = n_samples < window
     if padded:
@@ -63,18 +80,25 @@ class _Prepared:
     warnings: list[str]
 
 
-def _prepare(data, region_names, n_net: int, channel_networks: np.ndarray, n_crops: int) -> _Prepared:
+def _prepare(data, region_names, n_net: int, channel_networks: np.ndarray, n_crops: int,
+             segments: list[list[int]] | None = None) -> _Prepared:
     data = np.asarray(data, dtype=np.float64)
     missing = ~np.isfinite(data).all(axis=0)
     masked_ids = [n for n in range(n_net) if missing[channel_networks == n].all()]
     zero_filled = [region_names[i] for i in np.flatnonzero(missing) if channel_networks[i] not in masked_ids]
     clean = np.where(np.isfinite(data), data, 0.0)
-    crops, starts, padded = make_crops(clean, n_crops)
+    crops, starts, padded = make_crops(clean, n_crops, segments=segments)
     warnings = []
-    if padded:
+    split = segments is not None and len(segments) > 1
+    if padded and split:
+        warnings.append(f"no contiguous stretch of {WINDOW} samples between censored volumes; the longest "
+                        "one zero-padded as the only crop")
+    elif padded:
         warnings.append(
             f"run has {data.shape[0]} samples (< {WINDOW}); one crop zero-padded at the end"
         )
+    elif split and len(starts) < n_crops:
+        warnings.append(f"censoring leaves {len(starts)} distinct crops within contiguous stretches")
     elif len(starts) < n_crops:
         warnings.append(f"run has {data.shape[0]} samples; only {len(starts)} distinct crops")
     return _Prepared(crops, starts, padded, masked_ids, zero_filled, warnings)
@@ -122,6 +146,7 @@ def embed_runs(
     batch_size: int = 64,
     device: str = "cpu",
     save_tokens: bool = False,
+    segments: list[list[list[int]] | None] | None = None,
 ) -> list[RunEmbedding]:
     """Embed many model-ready runs, their crops batched together through the encoder.
 
@@ -133,6 +158,9 @@ def embed_runs(
     ----------
     runs : list of ndarray, shape (T_i, C)
         z-scored series at the model TR, one per run.
+    segments : list, optional
+        Per run, its contiguous ``[start, stop)`` row stretches (sidecar ``ContiguousSegments``)
+        or None; crops never span two stretches (see :func:`make_crops`).
     Other parameters are those of :func:`embed_series`.
 
     Returns
@@ -147,7 +175,8 @@ def embed_runs(
     channel_networks = np.asarray(channel_networks)
     n_net = len(network_names)
     n_patches = encoder.config.n_patches
-    prepared = [_prepare(d, region_names, n_net, channel_networks, n_crops) for d in runs]
+    segments = segments or [None] * len(runs)
+    prepared = [_prepare(d, region_names, n_net, channel_networks, n_crops, seg) for d, seg in zip(runs, segments)]
     feats: list[np.ndarray | None] = [None] * len(runs)
     toks: list[np.ndarray | None] = [None] * len(runs)
 

@@ -141,3 +141,45 @@ def test_short_run_through_cli(make_fmriprep, tmp_path):
     assert len(pd.read_csv(run_tsv, sep="\t")) == 1
     meta = json.loads(run_tsv.with_suffix(".json").read_text())
     assert meta["ZeroPadded"] is True and "zero-padded" in meta["Warnings"][0]
+
+
+def test_crops_never_span_two_contiguous_segments():
+    """A series censored into stretches (sidecar ContiguousSegments): every crop lies inside one."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((260, 4))
+    segments = [[0, 90], [90, 230], [230, 260]]  # only the middle stretch holds a 100-sample window
+    x, starts, padded = make_crops(data, 8, segments=segments)
+    assert not padded and len(starts) == 8
+    assert all(90 <= s and s + 100 <= 230 for s in starts)
+    assert np.array_equal(x[0], data[starts[0]: starts[0] + 100].T.astype(np.float32))
+    # one segment: exactly the crops of an uncensored run
+    _, plain, _ = make_crops(data, 8)
+    _, one, _ = make_crops(data, 8, segments=[[0, 260]])
+    assert np.array_equal(plain, one)
+    # no stretch a window long: the longest alone, zero-padded, never spliced
+    x, starts, padded = make_crops(data, 8, segments=[[0, 60], [60, 150], [150, 230], [230, 260]])
+    assert padded and list(starts) == [60]
+    assert np.array_equal(x[0, :, :90], data[60:150].T.astype(np.float32)) and not x[0, :, 90:].any()
+
+
+def test_scrubbed_run_crops_stay_within_stretches(make_fmriprep, tmp_path, tiny_encoder):
+    """Through the CLI with scrubbing: the embedding's crop onsets follow the sidecar's stretches."""
+    from bids_semantoks.model import save_encoder
+
+    bids = make_fmriprep(voxel_mm=8.0, n_vols=260)
+    conf = next(bids.rglob("*_desc-confounds_timeseries.tsv"))
+    frame = pd.read_csv(conf, sep="\t")
+    frame.loc[[90, 91, 200], "framewise_displacement"] = 3.0  # motion spikes: censored with scrubbing
+    frame.to_csv(conf, sep="\t", index=False, na_rep="n/a")
+    model = save_encoder(tiny_encoder[0], tmp_path / "models" / "tiny")
+    out = tmp_path / "out"
+    code = run_cli(bids, out, "participant", "--denoise-strategy", "scrubbing", "--min-time", "0",
+                   "--model", model)
+    assert code == 0
+    ts_meta = json.loads(next(out.rglob("*_timeseries.json")).read_text())
+    emb_meta = json.loads(next(out.rglob("*_desc-*_embedding.json")).read_text())
+    segs = ts_meta["ContiguousSegments"]
+    assert len(segs) > 1
+    for onset in emb_meta["CropOnsets"]:
+        row = int(round(onset / 2.0))
+        assert any(a <= row and row + 100 <= b for a, b in segs), (row, segs)

@@ -90,10 +90,11 @@ def embed_step(jobs: list[tuple[Path, Path, str]], model, atlas, settings: dict[
     import torch
 
     data = [pd.read_csv(ts, sep="\t", na_values=["n/a"]).to_numpy(dtype=np.float64) for ts, _, _ in jobs]
+    segments = [_segments(ts) for ts, _, _ in jobs]  # crops never splice censored stretches together
     embs = embed_runs(
         encoder, data, list(atlas.names), list(atlas.networks), np.asarray(atlas.channel_networks),
         tr=settings["target_tr"], n_crops=settings["n_crops"], batch_size=settings["batch_size"],
-        device=model.device, save_tokens=settings["save_tokens"],
+        device=model.device, save_tokens=settings["save_tokens"], segments=segments,
     )
     for (ts_path, out_path, key), emb in zip(jobs, embs):
         for msg in emb.warnings:
@@ -133,6 +134,15 @@ def embed_step(jobs: list[tuple[Path, Path, str]], model, atlas, settings: dict[
                 "Description": "Per-network token embeddings (mean over the 5 patches) per crop: [crop, network, D].",
                 "Networks": list(atlas.networks), "Model": model.label, "SettingsHash": key,
             })
+
+
+def _segments(timeseries: Path) -> list[list[int]] | None:
+    """The ``ContiguousSegments`` of a time-series sidecar (None when absent or unreadable)."""
+    try:
+        segs = json.loads(outputs.sidecar_of(Path(timeseries)).read_text()).get("ContiguousSegments")
+    except (OSError, ValueError):
+        return None
+    return [list(map(int, seg)) for seg in segs] if isinstance(segs, list) and segs else None
 
 
 def tokens_path(embedding_path: Path) -> Path:
