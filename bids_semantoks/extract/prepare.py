@@ -234,7 +234,7 @@ def prepare_run(run, settings: Mapping[str, Any], atlas: Mapping[str, Any], bids
         check_header_tr(run, bold_img)
         from bids_semantoks.atlas.templates import check_bold_grid
 
-        grid = check_bold_grid(bold_img, run.space, run.res, run.bold.name)  # TemplateFlow's grid
+        grid = check_bold_grid(bold_img, run.space, run.res, run.bold)  # TemplateFlow's grid
         if grid.message:
             LOGGER.warning("%s", grid.message)
         if run.confounds is not None:

@@ -321,10 +321,10 @@ class _Report:
             error = BidsAppError(first.message + more, code=first.code)
         elif not by["done"] and not by["current"] and by["dropped"]:
             error = NothingSelectedError(
-                f"no run had enough usable data ({len(by['dropped'])} run(s) below --min-time after censoring); "
-                "lower --min-time or --fd-thresh settings, or check the inputs")
+                f"no run had enough usable data ({len(by['dropped'])} run(s) dropped: {by['dropped'][0].message}); "
+                "see the warnings above: lower --min-time or --fd-thresh, disable the filters, or check the inputs")
         code = 0 if error is None else error.code
-        note("participant: %d run(s): %d done, %d up to date, %d too short, %d failed; exit %d (%s)",
+        note("participant: %d run(s): %d done, %d up to date, %d dropped, %d failed; exit %d (%s)",
              len(self.results), len(by["done"]), len(by["current"]), len(by["dropped"]), len(by["failed"]),
              code, EXIT_MEANING.get(code, "error"))
         if error is not None:

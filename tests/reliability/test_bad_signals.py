@@ -31,7 +31,8 @@ def test_short_fmriprep_runs_are_dropped_not_crashed(cli, make_fmriprep, tmp_pat
     bids = make_fmriprep(subjects=("01",), n_vols=n_vols, voxel_mm=8.0)
     out = tmp_path / "out"
     r = cli(bids, out, "participant", *M, "--min-time", min_time)
-    assert r.code == 0, r.err
+    assert r.code == 18, r.err  # the only run dropped: nothing produced is not success (issue 12)
+    assert "no run had enough usable data" in r.message
     assert not list(out.rglob("*_timeseries.*"))
     warn = _dropped_warnings(caplog)
     assert len(warn) == 1, warn
@@ -158,7 +159,7 @@ def test_short_run_too_short_for_anti_aliasing_is_dropped(cli, make_fmriprep, tm
     bids = make_fmriprep(subjects=("01",), n_vols=17, voxel_mm=8.0, tr=1.0)
     out = tmp_path / "out"
     r = cli(bids, out, "participant", *M, "--min-time", "0", "--lower-bpf", "0", "--upper-bpf", "0")
-    assert r.code == 0, r.err
+    assert r.code == 18, r.err  # the only run dropped: nothing produced is not success
     warn = _dropped_warnings(caplog)
     assert len(warn) == 1 and "anti-aliasing low-pass" in warn[0] and "needs at least 19" in warn[0]
     assert invalid_outputs(out) == []
