@@ -101,7 +101,7 @@ def test_run_shorter_than_min_time_is_dropped(cli, make_fmriprep, tmp_path, capl
     assert r.code == 18, r.err
     assert "--min-time" in r.message
     assert not list(out.rglob("*_timeseries.*"))
-    warn = [rec.getMessage() for rec in caplog.records if "dropped" in rec.getMessage()]
+    warn = [rec.getMessage() for rec in caplog.records if "run dropped" in rec.getMessage()]
     assert len(warn) == 1 and "desc-preproc_bold.nii.gz" in warn[0] and "--min-time" in warn[0]
     assert invalid_outputs(out) == []
 
@@ -116,7 +116,7 @@ def test_run_emptied_by_censoring(cli, tiny_bids, tmp_path, caplog):
     assert r.code == 0, r.err
     assert subject_outputs(out, "01") == []
     assert len(subject_outputs(out, "02")) == 2
-    warn = [rec.getMessage() for rec in caplog.records if "dropped" in rec.getMessage()]
+    warn = [rec.getMessage() for rec in caplog.records if "run dropped" in rec.getMessage()]
     assert len(warn) == 1 and "sub-01" in warn[0] and "censoring" in warn[0]
 
 
