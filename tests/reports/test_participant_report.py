@@ -277,7 +277,8 @@ def test_rerun_is_byte_identical_and_untouched(tmp_path):
 
 # -- the participant level writes it -------------------------------------------------------------
 def test_participant_cli_writes_the_page(tmp_path, default_networks):
-    """A run with head-motion spikes and the Limbic regions outside the brain mask, through the CLI."""
+    """A run with head-motion spikes (one stretch between them is long enough for several crops) and the
+    Limbic regions outside the brain mask, through the CLI."""
     import nibabel as nib
 
     from bids_semantoks.atlas import AtlasTable
@@ -289,7 +290,7 @@ def test_participant_cli_writes_the_page(tmp_path, default_networks):
     _json({"Name": "in", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}, bids / "dataset_description.json")
     atlas = resample_atlas(nib.load(str(DSEG["MNI152NLin2009cAsym"])), 6.0)
     paths = write_run(bids / "sub-01" / "func", "sub-01_task-rest", atlas, default_networks, n_vols=180, tr=1.5,
-                      space="MNI152NLin2009cAsym", res=None, rng=np.random.default_rng(0), spikes=[40, 120, 150])
+                      space="MNI152NLin2009cAsym", res=None, rng=np.random.default_rng(0), spikes=[20, 30, 170])
     mask = nib.load(paths["mask"])
     inside = np.asarray(mask.dataobj).copy()
     limbic = [i + 1 for i, net in enumerate(TABLE["network_label"]) if net == "Limbic"]
