@@ -141,12 +141,7 @@ def carpet_figure(data: np.ndarray, region_networks: list[str], network_order: l
             np.zeros((0, 1, 3))
         ax_net.imshow(strip, aspect="auto", extent=(0, 1, n_r - 0.5, -0.5))
         ax_net.set_xticks([])
-        ticks, labels = [], []
-        for name in network_order:
-            rows = [i for i, n in enumerate(nets) if n == name]
-            if rows:
-                ticks.append((rows[0] + rows[-1]) / 2)
-                labels.append(name)
+        ticks, labels = _network_ticks(nets, network_order)
         ax_net.set_yticks(ticks, labels, fontsize=7.5)
         for spine in ax_net.spines.values():
             spine.set_visible(False)
@@ -198,12 +193,7 @@ def coverage_figure(coverage: list[float | None], region_networks: list[str], ne
         ax.set_ylim(-0.15, 1.05)
         ax.set_xlim(-0.5, max(n_r - 0.5, 0.5))
         ax.set_ylabel("coverage")
-        ticks, labels = [], []
-        for name in network_order:
-            rows = [i for i, n in enumerate(nets) if n == name]
-            if rows:
-                ticks.append((rows[0] + rows[-1]) / 2)
-                labels.append(name)
+        ticks, labels = _network_ticks(nets, network_order)
         ax.set_xticks(ticks, labels, fontsize=7.5)
         ax.tick_params(axis="x", length=0)
         if gone.size or threshold is not None:
@@ -236,3 +226,14 @@ def similarity_figure(features: np.ndarray) -> str:
         ax.set_title("cosine similarity of crops")
         fig.colorbar(im, ax=ax, fraction=0.05)
         return _svg(fig)
+
+
+def _network_ticks(nets: list[str], network_order) -> tuple[list[float], list[str]]:
+    """Tick positions (middle of each network's rows) and labels, in network order."""
+    ticks, labels = [], []
+    for name in network_order:
+        rows = [i for i, n in enumerate(nets) if n == name]
+        if rows:
+            ticks.append((rows[0] + rows[-1]) / 2)
+            labels.append(name)
+    return ticks, labels
